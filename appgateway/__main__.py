@@ -1,0 +1,3 @@
+from appgateway.cli import main
+
+raise SystemExit(main())

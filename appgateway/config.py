@@ -1,0 +1,206 @@
+"""Settings for `serve` (and the source flags of `routes`/`access-services`).
+
+This is the only module that reads the environment. Precedence: flag > APPGATEWAY_* > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
+
+KYMA_ALIASES = {
+    "--proxyPort": "--proxy-port",
+    "--proxyPortCompass": "--proxy-port-compass",
+    "--externalAPIPort": "--admin-port",
+    "--applicationSecretsNamespace": "--secrets-namespace",
+    "--logLevel": "--log-level",
+    "--proxyTimeout": "--proxy-timeout",
+    "--requestTimeout": "--request-timeout",
+    "--proxyCacheTTL": "--proxy-cache-ttl",
+    "--kubeConfig": "--kubeconfig",
+}
+
+
+class ConfigurationError(Exception):
+    """A bad flag or variable value: exit status 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    registry: Path | None = None  # None: the embedded demo registry
+    kubernetes: bool = False
+    kubeconfig: Path | None = None
+    secrets_namespace: str = "kyma-system"
+    host: str = "127.0.0.1"
+    proxy_port: int = 8080
+    proxy_port_compass: int = 8082
+    admin_port: int = 8081
+    proxy_timeout: float = 10.0
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    proxy_cache_ttl: float = 120.0
+    token_default_ttl: float = 300.0
+    retry_body_limit: int = 1048576
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"
+    workers: int = 1
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"invalid boolean {text!r}")
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (seconds)") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be 0..65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be >= 0")
+    return value
+
+
+def _level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid log level {text!r}")
+    return value
+
+
+def _bool_arg(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SOURCE_OPTIONS: tuple[tuple[str, object, str], ...] = (
+    ("--registry", Path, "folder of YAML manifests (default: the embedded demo registry)"),
+    ("--kubeconfig", Path, "kubeconfig used with --kubernetes (default: in-cluster)"),
+    ("--secrets-namespace", str, "the only namespace Secrets are read from"),
+)
+
+_SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
+    ("--host", str, "bind address of all listeners"),
+    ("--proxy-port", _port, "proxy listener port (0 picks a free port)"),
+    ("--proxy-port-compass", _port, "Compass listener port"),
+    ("--admin-port", _port, "admin listener port"),
+    ("--proxy-timeout", _duration, "seconds to wait for upstream response headers"),
+    ("--request-timeout", _duration, "seconds to receive a request head; idle keep-alive"),
+    ("--idle-timeout", _duration, "longest silence while a body streams"),
+    ("--proxy-cache-ttl", _duration, "accepted for compatibility; no effect"),
+    ("--token-default-ttl", _duration, "token lifetime when expires_in is absent"),
+    ("--retry-body-limit", _non_negative_int, "largest body buffered for the 401/403 retry"),
+    ("--shutdown-timeout", _duration, "drain time after SIGTERM"),
+    ("--log-level", _level, "debug, info, warn or error"),
+    ("--workers", _positive_int, "worker processes sharing the proxy listeners"),
+)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, kind, text in _SOURCE_OPTIONS:
+        parser.add_argument(flag, type=kind, default=None, help=text)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--kubernetes",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_bool_arg,
+        help="read Applications and Secrets from the Kubernetes API",
+    )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, *, ports_only: bool = False) -> None:
+    for flag, kind, text in _SERVE_OPTIONS:
+        if ports_only and flag not in ("--proxy-port", "--proxy-port-compass"):
+            continue
+        parser.add_argument(flag, type=kind, default=None, help=text)  # type: ignore[arg-type]
+
+
+def expand_aliases(argv: Sequence[str]) -> list[str]:
+    """Rewrite Kyma's camelCase flags (`--proxyPort 8080` or `--proxyPort=8080`)."""
+    out: list[str] = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in KYMA_ALIASES:
+            out.append(KYMA_ALIASES[name] + sep + value)
+        else:
+            out.append(arg)
+    return out
+
+
+def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge parsed flags over `APPGATEWAY_*` variables over defaults."""
+    env = os.environ if environ is None else environ
+    converters: dict[str, object] = {
+        flag[2:].replace("-", "_"): kind for flag, kind, _ in _SOURCE_OPTIONS + _SERVE_OPTIONS
+    }
+    converters["kubernetes"] = _bool_arg
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        flag_value = getattr(args, f.name, None)
+        if flag_value is not None:
+            values[f.name] = flag_value
+            continue
+        raw = env.get("APPGATEWAY_" + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        convert = converters[f.name]
+        try:
+            values[f.name] = convert(raw)  # type: ignore[operator]
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ConfigurationError(f"APPGATEWAY_{f.name.upper()}: {exc}") from None
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.kubernetes and settings.registry is not None:
+        raise ConfigurationError("--registry is not allowed with --kubernetes")
+    return settings
+
+
+def environ_proxies() -> dict[str, str]:
+    """HTTP_PROXY/HTTPS_PROXY/NO_PROXY (either case), read here so no other module reads env."""
+    out: dict[str, str] = {}
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        value = os.environ.get(name) or os.environ.get(name.upper())
+        if value:
+            out[name] = value
+    return out

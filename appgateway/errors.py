@@ -1,0 +1,81 @@
+"""One error hierarchy; each class carries the HTTP status the caller sees.
+
+Gateway-made errors have the JSON body of the spec; transport failures and timeouts
+have an empty body (`json_body = False`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+JSON_CONTENT_TYPE = b"application/json;charset=UTF-8"
+
+
+def render_json(status: int, message: str) -> bytes:
+    """`{"code":N,"error":"..."}` plus newline, with <, > and & escaped as Go does."""
+    text = json.dumps({"code": status, "error": message}, separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.encode() + b"\n"
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    json_body: ClassVar[bool] = True
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> bytes:
+        return render_json(self.status, self.message) if self.json_body else b""
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class ConfigError(GatewayError):
+    """The API's configuration is unusable (Secret, parameters, certificate, URL)."""
+
+    status = 500
+
+
+class TokenError(GatewayError):
+    """The OAuth token or CSRF endpoint failed."""
+
+    status = 502
+
+
+class TokenErrorMTLS(GatewayError):
+    """OAuthWithCert failures are 500, as in Kyma."""
+
+    status = 500
+
+
+class NotReady(GatewayError):
+    status = 503
+
+
+class UpstreamUnavailable(GatewayError):
+    """The target could not be reached or spoke broken HTTP. `kind` feeds the metrics."""
+
+    status = 502
+    json_body = False
+
+    def __init__(self, message: str = "", kind: str = "connect") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    json_body = False
+
+    def __init__(self, message: str = "", kind: str = "timeout") -> None:
+        super().__init__(message)
+        self.kind = kind
