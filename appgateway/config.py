@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
@@ -204,3 +204,17 @@ def environ_proxies() -> dict[str, str]:
         if value:
             out[name] = value
     return out
+
+
+def settings_environment(settings: Settings, **overrides: object) -> dict[str, str]:
+    """This process's environment plus `settings` as APPGATEWAY_* variables (for workers)."""
+    env = dict(os.environ)
+    for name, value in asdict(replace(settings, **overrides)).items():  # type: ignore[arg-type]
+        key = "APPGATEWAY_" + name.upper()
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        else:
+            env[key] = str(value)
+    return env

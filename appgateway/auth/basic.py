@@ -1,0 +1,28 @@
+"""HTTP Basic: a constant header, computed once per snapshot."""
+
+from __future__ import annotations
+
+import base64
+
+from appgateway.headers import set_header
+from appgateway.model import BasicAuth, ClientCert, Headers
+
+AUTHORIZATION = b"Authorization"
+
+
+class BasicStrategy:
+    def __init__(self, credentials: BasicAuth) -> None:
+        raw = credentials.username.encode() + b":" + credentials.password.encode()
+        self._value = b"Basic " + base64.b64encode(raw)
+
+    async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
+        if authenticate:
+            set_header(headers, AUTHORIZATION, self._value)
+        return None
+
+    async def invalidate(self, applied: object | None) -> None:
+        return None
+
+    @property
+    def client_cert(self) -> ClientCert | None:
+        return None

@@ -1,0 +1,309 @@
+"""The request pipeline of behaviour.md §1, with the retry-once loop kept in plain sight.
+
+`Forwarder.handle` is called once per request by the server; it routes, builds the outbound
+request, sends it, relays the answer and then writes the access-log line and metrics. All
+socket work is behind `Exchange` (caller side) and `Upstream` (target side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appgateway.auth import Applied, AuthStrategy, make_strategy
+from appgateway.config import Settings
+from appgateway.errors import GatewayError, NotReady, UpstreamTimeout, UpstreamUnavailable
+from appgateway.headers import (
+    add_parameter_headers,
+    get_header,
+    outbound_headers,
+    response_headers,
+    set_header,
+    take_access_token,
+)
+from appgateway.logs import AccessLog
+from appgateway.metrics import Metrics
+from appgateway.model import API
+from appgateway.registry import Registry
+from appgateway.rewrite import rewrite_location, rewrite_status, should_rewrite_location
+from appgateway.routing import Route, route_compass, route_proxy, split_absolute_form
+from appgateway.server import ClientGone, Exchange
+from appgateway.tls import TlsContexts
+from appgateway.upstream import (
+    OutboundRequest,
+    Pool,
+    PoolKey,
+    StreamedBody,
+    Upstream,
+    UpstreamResponse,
+)
+from appgateway.urls import merge_query, wire_path
+
+log = logging.getLogger("appgateway.forward")
+
+AUTHORIZATION = b"Authorization"
+HOST = b"host"
+LOCATION = b"location"
+REQUEST_ID = b"x-request-id"
+
+
+@dataclass(slots=True)
+class Resolved:
+    """What one API needs per request, built once per registry snapshot."""
+
+    api: API
+    strategy: AuthStrategy
+    pool: Pool
+    host_header: tuple[bytes, bytes]
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        upstream: Upstream,
+        tls: TlsContexts,
+        settings: Settings,
+        access_log: AccessLog,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._tls = tls
+        self._settings = settings
+        self._access = access_log
+        self._metrics = metrics
+        self._clock = clock
+        self._snapshot: object | None = None
+        self._resolved: dict[int, Resolved] = {}
+        self._header_timeout = settings.proxy_timeout
+        self._idle_timeout = settings.idle_timeout
+        self._retry_limit = settings.retry_body_limit
+
+    async def handle_proxy(self, ex: Exchange) -> None:
+        await self._handle(ex, "proxy")
+
+    async def handle_compass(self, ex: Exchange) -> None:
+        await self._handle(ex, "compass")
+
+    # -- per snapshot -----------------------------------------------------------------
+    def _resolve(self, api: API, snapshot: object) -> Resolved:
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            self._resolved = {}
+        resolved = self._resolved.get(id(api))
+        if resolved is None:
+            strategy = make_strategy(api.credentials)
+            cert = strategy.client_cert
+            verify = not api.skip_verify
+            target = api.target
+            ctx = self._tls.get(verify, cert) if target.scheme == "https" else None
+            fingerprint = cert.fingerprint if cert is not None else ""
+            pool = self._upstream.pool(target, verify, fingerprint, ctx)
+            resolved = Resolved(api, strategy, pool, (b"Host", target.authority.encode()))
+            self._resolved[id(api)] = resolved
+        return resolved
+
+    def pool_keys(self) -> set[PoolKey]:
+        return {r.pool.key for r in self._resolved.values()}
+
+    # -- pipeline ---------------------------------------------------------------------
+    async def _handle(self, ex: Exchange, listener: str) -> None:
+        start = self._clock()
+        inflight = self._metrics.inflight(listener)
+        inflight.inc()
+        route: Route | None = None
+        error: GatewayError | None = None
+        upstream_status: int | None = None
+        retried = False
+        target = ex.target.decode("latin-1")
+        path = target
+        try:
+            if not self._registry.ready:
+                raise NotReady("registry not loaded yet")
+            snapshot = self._registry.snapshot()
+            host: str | None = None
+            if not target.startswith("/"):
+                authority, target = split_absolute_form(target)
+                if authority is not None:
+                    host = authority
+            path, _, query = target.partition("?")
+            if listener == "compass":
+                route = route_compass(snapshot, path)
+            else:
+                if host is None:
+                    value = get_header(ex.headers, HOST)
+                    host = value.decode("latin-1") if value is not None else None
+                route = route_proxy(snapshot, host, path)
+            resolved = self._resolve(route.api, snapshot)
+            upstream_status, retried = await self._forward(ex, route, resolved, query)
+        except GatewayError as exc:
+            error = exc
+            if isinstance(exc, UpstreamUnavailable | UpstreamTimeout) and route is not None:
+                ref = route.api.ref
+                self._metrics.upstream_error(ref.app, ref.service, exc.kind)
+            if not ex.started:
+                ex.send_error(exc)
+            else:
+                ex.abort()
+        except ClientGone as exc:
+            error = _CallerGone(str(exc))
+            ex.abort()
+        except asyncio.CancelledError:
+            error = _CallerGone("caller disconnected")
+            raise
+        finally:
+            inflight.dec()
+            self._record(ex, listener, route, path, start, upstream_status, retried, error)
+
+    async def _forward(
+        self, ex: Exchange, route: Route, resolved: Resolved, query: str
+    ) -> tuple[int | None, bool]:
+        api = route.api
+        target = api.target
+        headers = outbound_headers(ex.headers)
+        strategy = resolved.strategy
+        token = take_access_token(headers)
+        if token is not None:
+            set_header(headers, AUTHORIZATION, token)
+        applied: Applied = await strategy.apply(headers, authenticate=token is None)
+        first_headers = list(headers)
+        add_parameter_headers(headers, api.params.headers)
+        headers.append(resolved.host_header)
+        path = wire_path(target.path, route.rest, api.encode_url)
+        q = merge_query(target.query, query, api.params.query)
+        path_qs = path + "?" + q if q else path
+        body, stream = await self._read_body(ex)
+        request = OutboundRequest(
+            ex.method, target, path_qs.encode("latin-1"), headers, body, stream
+        )
+        response = await self._send(request, resolved, api)
+        retried = False
+        if response.status in (401, 403):
+            await strategy.invalidate(applied)
+            if stream is None:
+                response.abort()
+                headers = list(first_headers)
+                await strategy.apply(headers)
+                add_parameter_headers(headers, api.params.headers)
+                headers.append(resolved.host_header)
+                request.headers = headers
+                retried = True
+                self._metrics.retry(api.ref.app, api.ref.service)
+                response = await self._send(request, resolved, api)
+        await self._relay(ex, route, response, target.origin + path_qs)
+        return response.status, retried
+
+    async def _send(
+        self, request: OutboundRequest, resolved: Resolved, api: API
+    ) -> UpstreamResponse:
+        started = self._clock()
+        try:
+            return await self._upstream.send(
+                request,
+                resolved.pool,
+                header_timeout=self._header_timeout,
+                idle_timeout=self._idle_timeout,
+            )
+        finally:
+            self._metrics.observe_upstream(api.ref.app, api.ref.service, self._clock() - started)
+
+    async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
+        """Buffer bodies up to --retry-body-limit (retryable); stream the rest (behaviour.md §8)."""
+        if not ex.has_body:
+            return None, None
+        limit = self._retry_limit
+        length = ex.content_length
+        if length is not None and length > limit:
+            return None, StreamedBody(b"", ex, length)
+        data, complete = await ex.read_up_to(limit if length is None else length)
+        if complete:
+            return data, None
+        return None, StreamedBody(data, ex, length)
+
+    async def _relay(
+        self, ex: Exchange, route: Route, response: UpstreamResponse, sent_url: str
+    ) -> None:
+        try:
+            original = response.status
+            headers = response_headers(response.headers)
+            status = rewrite_status(original, headers)
+            if should_rewrite_location(original):
+                location = get_header(headers, LOCATION)
+                if location is not None:
+                    text = location.decode("latin-1")
+                    new = rewrite_location(text, sent_url, route.api.target, route.base)
+                    if new != text:
+                        set_header(headers, b"Location", new.encode("latin-1"))
+            reason = response.reason if status == original else b""
+            ex.start_response(status, reason, headers, response.content_length)
+            idle = self._idle_timeout
+            while True:
+                data = await response.read(idle)
+                if not data:
+                    break
+                await ex.write(data)
+            ex.end()
+        except BaseException:
+            response.abort()
+            raise
+        response.release()
+
+    # -- observation ------------------------------------------------------------------
+    def _record(
+        self,
+        ex: Exchange,
+        listener: str,
+        route: Route | None,
+        path: str,
+        start: float,
+        upstream_status: int | None,
+        retried: bool,
+        error: GatewayError | None,
+    ) -> None:
+        duration = self._clock() - start
+        if ex.started:
+            status = ex.status_sent
+        else:
+            status = error.status if error is not None else 0
+        if route is not None:
+            ref = route.api.ref
+            app, service, entry = ref.app, ref.service, ref.entry
+            mode = route.mode
+        else:
+            app = service = entry = ""
+            mode = "path"
+            ref_holder = getattr(error, "ref", None)
+            if ref_holder is not None:
+                app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
+        self._metrics.observe_request(listener, app, service, status, duration)
+        request_id = get_header(ex.headers, REQUEST_ID)
+        self._access.write(
+            {
+                "listener": listener,
+                "route": mode,
+                "app": app,
+                "service": service,
+                "entry": entry,
+                "method": ex.method.decode("latin-1"),
+                "path": path,
+                "status": status,
+                "upstream_status": upstream_status,
+                "retried": retried,
+                "duration_ms": round(duration * 1000, 3),
+                "bytes_in": ex.bytes_in,
+                "bytes_out": ex.bytes_out,
+                "error": error.message if error is not None else None,
+                "request_id": request_id.decode("latin-1") if request_id is not None else None,
+            }
+        )
+
+
+class _CallerGone(GatewayError):
+    """Not sent to anyone: the caller left. Logged with the conventional 499."""
+
+    status = 499

@@ -1,0 +1,152 @@
+"""Header filtering in both directions, the Access-Token override and request-parameter headers.
+
+Everything works on the raw `(name, value)` byte pairs of `model.Headers`; names compare
+ignoring ASCII case, and order and repeats are kept because some APIs care (Set-Cookie, Via).
+"""
+
+from __future__ import annotations
+
+import re
+
+from appgateway.model import Headers, ParamMap
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+# Removed from the caller's request (behaviour.md §4 step 2). Content-Length too: the gateway
+# frames the outbound body itself, and a stale length would corrupt the exchange.
+_OUTBOUND_DROP = HOP_BY_HOP | {
+    b"host",
+    b"expect",
+    b"x-forwarded-proto",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-client-cert",
+    b"content-length",
+}
+
+# The server re-frames the response body, so the upstream length is not relayed either.
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+IGNORED_PARAMETER_HEADERS = frozenset(
+    {"host", "content-length"} | {name.decode() for name in HOP_BY_HOP}
+)
+"""Lower-case request-parameter header names that the gateway controls and never adds."""
+
+ACCESS_TOKEN = b"access-token"
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def _connection_named(headers: Headers) -> set[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    named.discard(b"")
+    return named
+
+
+def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:
+    named = _connection_named(headers)
+    return [(n, v) for n, v in headers if (low := n.lower()) not in drop and low not in named]
+
+
+def outbound_headers(caller: Headers) -> Headers:
+    """The caller's fields that may travel upstream (behaviour.md §4 steps 1-2)."""
+    return _without(caller, _OUTBOUND_DROP)
+
+
+def response_headers(upstream: Headers) -> Headers:
+    """The upstream fields relayed to the caller (behaviour.md §10.4)."""
+    return _without(upstream, _RESPONSE_DROP)
+
+
+def take_access_token(headers: Headers) -> bytes | None:
+    """Apply the first half of the Access-Token override (behaviour.md §5.1).
+
+    Only the first field decides; an empty one leaves every Access-Token field in place, so
+    it is forwarded like any other header.
+    """
+    first = get_header(headers, ACCESS_TOKEN)
+    if not first:
+        return None
+    headers[:] = [(n, v) for n, v in headers if n.lower() != ACCESS_TOKEN]
+    return first
+
+
+def _check(name: bytes, value: bytes) -> None:
+    if _TOKEN.fullmatch(name) is None:
+        raise ValueError(f"invalid header name {name!r}")
+    if _BAD_VALUE.search(value):
+        raise ValueError(f"header {name.decode()} has a value with CR, LF or NUL")
+
+
+def set_header(headers: Headers, name: bytes, value: bytes) -> None:
+    """Make `name` occur exactly once, keeping the position of its first occurrence."""
+    _check(name, value)
+    low = name.lower()
+    out: Headers = []
+    placed = False
+    for n, v in headers:
+        if n.lower() != low:
+            out.append((n, v))
+        elif not placed:
+            out.append((name, value))
+            placed = True
+    if not placed:
+        out.append((name, value))
+    headers[:] = out
+
+
+def has_header(headers: Headers, name: bytes) -> bool:
+    low = name.lower()
+    return any(n.lower() == low for n, _ in headers)
+
+
+def get_header(headers: Headers, name: bytes) -> bytes | None:
+    low = name.lower()
+    for n, v in headers:
+        if n.lower() == low:
+            return v
+    return None
+
+
+def is_ignored_parameter_header(name: str) -> bool:
+    return name.lower() in IGNORED_PARAMETER_HEADERS
+
+
+def add_parameter_headers(headers: Headers, params: ParamMap) -> None:
+    """Add request-parameter headers not already set (behaviour.md §4 step 4).
+
+    Presence ignores ASCII case, so a caller's or an auth header always wins. Every field is
+    checked before the list changes, so a bad value leaves `headers` untouched.
+    """
+    present = {n.lower() for n, _ in headers}
+    added: Headers = []
+    for name, values in params:
+        if is_ignored_parameter_header(name):
+            continue
+        raw_name = name.encode("utf-8")
+        low = raw_name.lower()
+        if low in present:
+            continue
+        for value in values:
+            raw_value = value.encode("utf-8")
+            _check(raw_name, raw_value)
+            added.append((raw_name, raw_value))
+        if values:
+            present.add(low)
+    headers.extend(added)

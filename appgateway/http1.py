@@ -1,0 +1,99 @@
+"""HTTP/1.1 framing helpers: header blocks as bytes, chunked encoding, status lines. [pure]
+
+Header blocks are assembled with one `b"".join` so the data path never formats text per field.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from appgateway.errors import JSON_CONTENT_TYPE, GatewayError, render_json
+from appgateway.model import Headers
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
+}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """The status line: the standard phrase for known codes (a cached constant), else the
+    upstream's own phrase."""
+    line = _STATUS_LINES.get(status)
+    if line is not None:
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+
+
+def header_block(headers: Headers) -> bytes:
+    return b"".join([name + b": " + value + CRLF for name, value in headers])
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    content_length: int | None,
+    chunked: bool,
+    close: bool,
+) -> bytes:
+    """Status line, relayed headers and the framing the gateway chose."""
+    parts = [status_line(status, reason), header_block(headers)]
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def request_head(
+    method: bytes, target: bytes, headers: Headers, *, content_length: int | None, chunked: bool
+) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n", header_block(headers)]
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def error_response(error: GatewayError, *, close: bool) -> bytes:
+    """A complete gateway-made response: JSON body, or empty for transport failures."""
+    body = error.body()
+    headers: Headers = [(b"Content-Type", JSON_CONTENT_TYPE)] if body else []
+    head = response_head(
+        error.status, b"", headers, content_length=len(body), chunked=False, close=close
+    )
+    return head + body
+
+
+def simple_error(status: int, message: str, *, close: bool = True) -> bytes:
+    """Errors raised by the HTTP layer itself (malformed request, head too large)."""
+    body = render_json(status, message)
+    head = response_head(
+        status,
+        b"",
+        [(b"Content-Type", JSON_CONTENT_TYPE)],
+        content_length=len(body),
+        chunked=False,
+        close=close,
+    )
+    return head + body
+
+
+def body_allowed(status: int, method: bytes) -> bool:
+    """HEAD, 1xx, 204 and 304 responses never carry a body (RFC 9112 §6.3)."""
+    return not (method == b"HEAD" or status < 200 or status in (204, 304))

@@ -1,0 +1,177 @@
+"""JSON-lines logging on stderr, and a cheap writer for the per-request access line.
+
+Operators grep and ship these lines, so every line is one self-contained JSON object with a
+fixed prefix (`ts`, `level`, `logger`, `msg`). The access log bypasses `logging` because at
+tens of thousands of lines per second its record objects, handler locks and formatter calls
+would cost more than the proxying itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+_LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "dpanic": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+_RESERVED = frozenset(("ts", "level", "logger", "msg"))
+_ACCESS_HEAD = 'Z","level":"info","logger":"access","msg":"request"'
+
+
+def parse_level(name: str) -> tuple[str, int]:
+    """Normalise a level name as accepted by `--log-level` and `PUT /v1/loglevel`."""
+    key = name.strip().lower()
+    number = _LEVELS.get(key)
+    if number is None:
+        raise ValueError(f"unrecognized level: {name!r}")
+    return ("warn" if key == "warning" else key), number
+
+
+def level_name(number: int) -> str:
+    """The name written in the `level` field: the four levels of the spec only."""
+    if number >= logging.ERROR:
+        return "error"
+    if number >= logging.WARNING:
+        return "warn"
+    if number >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+def format_ts(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds: `2026-11-26T07:10:39.123Z`."""
+    whole, millis = divmod(int(seconds * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class LogControl:
+    """The current level, shared by the `logging` tree and the access log.
+
+    The level is kept as an int attribute so the access log's check is a single compare.
+    """
+
+    def __init__(self, logger: logging.Logger, handler: logging.Handler, level: str) -> None:
+        self._logger = logger
+        self._handler = handler
+        self._name = "info"
+        self.levelno = logging.INFO
+        self.set_level(level)
+
+    @property
+    def level(self) -> str:
+        return self._name
+
+    def set_level(self, name: str) -> str:
+        normalised, number = parse_level(name)
+        self._name = normalised
+        self.levelno = number
+        self._logger.setLevel(number)
+        return normalised
+
+    def close(self) -> None:
+        """Detach the handler (tests and re-configuration)."""
+        self._logger.removeHandler(self._handler)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line; structured fields come from `extra={"fields": …}`.
+
+    Tracebacks may carry secret values in exception messages, so the full `exc_info` is only
+    written when the logger runs at debug; otherwise just the exception class is named.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": format_ts(record.created),
+            "level": level_name(record.levelno),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                name = str(key)
+                doc[name + "_" if name in _RESERVED else name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["exc_type"] = record.exc_info[0].__name__
+            if self._logger.getEffectiveLevel() <= logging.DEBUG:
+                doc["exc"] = self.formatException(record.exc_info)
+        return _dumps(doc)
+
+
+class _JsonHandler(logging.StreamHandler[TextIO]):
+    """Marker type so a second `setup_logging` replaces, rather than duplicates, our handler."""
+
+
+def setup_logging(level: str, stream: TextIO | None = None) -> LogControl:
+    """Route the whole `logging` tree (ours and the libraries') through the JSON formatter."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, _JsonHandler):
+            root.removeHandler(old)
+    handler = _JsonHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter(root))
+    root.addHandler(handler)
+    return LogControl(root, handler, level)
+
+
+class AccessLog:
+    """Writes the access line straight to a file descriptor or text stream.
+
+    The `ts` prefix up to the second is cached and the fields go through one C-level JSON
+    encode (a hand-written encoder measured only ~8% faster), so a line costs a few
+    microseconds. Output is ASCII (here and in `JsonFormatter`), so any stream encoding can
+    carry it.
+    """
+
+    __slots__ = ("_control", "_fd", "_stream", "_second", "_prefix", "_encode")
+
+    def __init__(self, stream: int | TextIO, control: LogControl) -> None:
+        self._control = control
+        self._fd = stream if isinstance(stream, int) else -1
+        self._stream = None if isinstance(stream, int) else stream
+        self._second = -1
+        self._prefix = ""
+        self._encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+    def write(self, fields: dict[str, object]) -> None:
+        if self._control.levelno > logging.INFO:
+            return
+        second, millis = divmod(int(time.time() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        body = self._encode(fields)
+        sep = "," if len(body) > 2 else ""
+        line = f"{self._prefix}.{millis:03d}{_ACCESS_HEAD}{sep}{body[1:]}\n"
+        if self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+            return
+        data = line.encode()
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:
+            return  # a full or closed stderr must never fail a request

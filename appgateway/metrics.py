@@ -1,0 +1,237 @@
+"""Prometheus metrics of behaviour.md §13, owned per process, and the multi-worker merge.
+
+Each `Metrics` has its own `CollectorRegistry` so tests and workers never share counters
+through prometheus_client's global default registry. `labels()` hashes and locks on every
+call, so the hot-path methods cache the labelled children by their label tuple; the label
+values are bounded by the registry's APIs, so the caches are too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+INFLIGHT = "appgateway_inflight_requests"
+
+_SUMMED_TYPES = frozenset(("counter", "histogram"))
+
+
+class _Families(Collector):
+    """Adapts a function returning metric families to what `generate_latest` renders."""
+
+    def __init__(self, produce: Callable[[], Iterable[Metric]]) -> None:
+        self._produce = produce
+
+    def collect(self) -> Iterable[Metric]:
+        return self._produce()
+
+
+def _render(produce: Callable[[], Iterable[Metric]]) -> bytes:
+    out = CollectorRegistry(auto_describe=False)
+    out.register(_Families(produce))
+    return generate_latest(out)
+
+
+def _without_created(families: Iterable[Metric]) -> Iterable[Metric]:
+    """Drop the `_created` series: they are noise for scrapers and cannot be summed."""
+    for family in families:
+        suffix = family.name + "_created"
+        family.samples = [s for s in family.samples if s.name != suffix]
+        yield family
+
+
+class Metrics:
+    """All gateway metrics of one process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "appgateway_requests",
+            "Requests answered on the proxy listeners, by status code.",
+            ("listener", "app", "service", "code"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "appgateway_request_duration_seconds",
+            "Time from request head to the end of the response.",
+            ("listener", "app", "service"),
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "appgateway_upstream_duration_seconds",
+            "Time from sending upstream to the response headers.",
+            ("app", "service"),
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "appgateway_upstream_errors",
+            "Upstream attempts that failed without a response.",
+            ("app", "service", "kind"),
+            registry=r,
+        )
+        self.retries = Counter(
+            "appgateway_retries",
+            "Requests resent after a 401 or 403.",
+            ("app", "service"),
+            registry=r,
+        )
+        self.token_fetches = Counter(
+            "appgateway_token_fetches",
+            "OAuth token requests.",
+            ("flavour", "result"),
+            registry=r,
+        )
+        self.csrf_fetches = Counter(
+            "appgateway_csrf_fetches", "CSRF token requests.", ("result",), registry=r
+        )
+        self.cache_lookups = Counter(
+            "appgateway_cache_lookups",
+            "Token and CSRF cache lookups.",
+            ("cache", "result"),
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            INFLIGHT, "Requests being handled.", ("listener",), registry=r
+        )
+        self.registry_apis = Gauge(
+            "appgateway_registry_apis", "Routable APIs in the current snapshot.", registry=r
+        )
+        self.registry_applications = Gauge(
+            "appgateway_registry_applications", "Applications in the current snapshot.", registry=r
+        )
+        self.registry_errors = Gauge(
+            "appgateway_registry_errors",
+            "Configuration errors in the current snapshot.",
+            registry=r,
+        )
+        self.registry_reloads = Counter(
+            "appgateway_registry_reloads", "Registry rebuilds.", ("result",), registry=r
+        )
+        self.registry_last_sync = Gauge(
+            "appgateway_registry_last_sync_timestamp_seconds",
+            "Unix time of the last successful registry rebuild.",
+            registry=r,
+        )
+        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[tuple[str, str], Histogram] = {}
+        self._counter_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._inflight_children: dict[str, Gauge] = {}
+
+    def _count(self, counter: Counter, labels: tuple[str, ...]) -> None:
+        key = (counter, labels)
+        child = self._counter_children.get(key)
+        if child is None:
+            child = self._counter_children[key] = counter.labels(*labels)
+        child.inc()
+
+    def observe_request(
+        self, listener: str, app: str, service: str, code: int, duration_s: float
+    ) -> None:
+        key = (listener, app, service, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(listener, app, service, str(code)),
+                self.request_duration.labels(listener, app, service),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    def observe_upstream(self, app: str, service: str, duration_s: float) -> None:
+        key = (app, service)
+        child = self._upstream_children.get(key)
+        if child is None:
+            child = self._upstream_children[key] = self.upstream_duration.labels(app, service)
+        child.observe(duration_s)
+
+    def upstream_error(self, app: str, service: str, kind: str) -> None:
+        """`kind` is one of `timeout`, `connect`, `tls`, `protocol`."""
+        self._count(self.upstream_errors, (app, service, kind))
+
+    def retry(self, app: str, service: str) -> None:
+        self._count(self.retries, (app, service))
+
+    def token_fetch(self, flavour: str, result: str) -> None:
+        """`flavour` is `oauth` or `oauth-mtls`; `result` e.g. `ok` or `error`."""
+        self._count(self.token_fetches, (flavour, result))
+
+    def csrf_fetch(self, result: str) -> None:
+        self._count(self.csrf_fetches, (result,))
+
+    def cache_lookup(self, cache: str, hit: bool) -> None:
+        """`cache` is `token` or `csrf`."""
+        self._count(self.cache_lookups, (cache, "hit" if hit else "miss"))
+
+    def inflight(self, listener: str) -> Gauge:
+        """The listener's gauge child; call `.inc()`/`.dec()` around each request."""
+        child = self._inflight_children.get(listener)
+        if child is None:
+            child = self._inflight_children[listener] = self.inflight_requests.labels(listener)
+        return child
+
+    def set_registry(self, *, apis: int, applications: int, errors: int) -> None:
+        self.registry_apis.set(apis)
+        self.registry_applications.set(applications)
+        self.registry_errors.set(errors)
+
+    def registry_reload(self, result: str, now: float | None = None) -> None:
+        """Count a rebuild; `result` `ok` also stamps the last-sync gauge (`now`: Unix time)."""
+        self._count(self.registry_reloads, (result,))
+        if result == "ok":
+            self.registry_last_sync.set(time.time() if now is None else now)
+
+    def render(self) -> bytes:
+        """Text exposition format 0.0.4 (serve with `CONTENT_TYPE`)."""
+        return _render(lambda: _without_created(self.registry.collect()))
+
+
+def merge_texts(texts: list[bytes]) -> bytes:
+    """Merge the `/metrics` output of several workers into one exposition.
+
+    Counters, histograms (buckets, sums, counts) and the in-flight gauge are summed per label
+    set; every other gauge (the registry gauges) comes from the first worker that has it, as
+    each worker loads the same registry. An unparsable text (a dying worker) is skipped.
+    """
+    order: list[str] = []
+    heads: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        try:
+            families = list(text_string_to_metric_families(text.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        for family in families:
+            name = family.name
+            if name not in heads:
+                heads[name] = family
+                values[name] = {}
+                order.append(name)
+            summed = family.type in _SUMMED_TYPES or name == INFLIGHT
+            samples = values[name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif summed:
+                    samples[key] += sample.value
+
+    def produce() -> Iterable[Metric]:
+        for name in order:
+            head = heads[name]
+            merged = Metric(name, head.documentation, head.type, head.unit)
+            for (sample_name, labels), value in values[name].items():
+                merged.add_sample(sample_name, dict(labels), value)
+            yield merged
+
+    return _render(produce)

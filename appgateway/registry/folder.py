@@ -1,0 +1,306 @@
+"""The folder source (`--registry DIR`): scan, parse, keep the last valid state, and watch.
+
+Parse results are cached per file by (mtime_ns, size, inode), and every file a watch event
+names is re-read, so one edited file costs one parse however big the folder is. A change
+anywhere triggers a rescan rather than trusting event details: ConfigMap mounts change files
+by swapping a `..data` symlink, which shows up only as events on dot-named entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from appgateway import tls
+from appgateway.model import ClientCert
+from appgateway.registry import RegistryError
+from appgateway.registry.parse import (
+    AppDoc,
+    Document,
+    ObjectKey,
+    ParseResult,
+    SecretDoc,
+    file_error,
+    merge,
+    parse_file,
+)
+from appgateway.registry.snapshot import LoadCert, Snapshot, build_snapshot
+
+log = logging.getLogger("appgateway.registry")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+DEBOUNCE_MS = 200
+POLL_MS = 1000
+RESCAN_MS = 10_000  # safety net for lost inotify events
+
+
+@dataclass(slots=True)
+class _File:
+    stamp: tuple[int, int, int]
+    latest: ParseResult
+    last_good: ParseResult | None  # the last result that was not a whole-file failure
+
+
+def _list_files(root: Path) -> list[tuple[str, Path]]:
+    """(display name, path) of every manifest under `root`, in sorted display-name order."""
+    if root.is_file():
+        return [(root.name, root)]
+    out: list[tuple[str, Path]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(SUFFIXES):
+                path = Path(dirpath, name)
+                out.append((path.relative_to(root).as_posix(), path))
+    out.sort()
+    return out
+
+
+def _check_root(root: Path) -> None:
+    try:
+        if root.is_file():
+            with root.open("rb"):
+                return
+        if not root.is_dir():
+            raise RegistryError(f"registry folder {root} does not exist or is not a directory")
+        with os.scandir(root):
+            return
+    except OSError as exc:
+        raise RegistryError(f"registry folder {root} is not readable: {exc.strerror}") from None
+
+
+class _CertCache:
+    """Keeps loaded certificates across snapshots, so a reload does not re-verify them all."""
+
+    def __init__(self, load_cert: LoadCert) -> None:
+        self._load = load_cert
+        self._cache: dict[tuple[bytes, bytes], ClientCert | ValueError] = {}
+        self._used: set[tuple[bytes, bytes]] = set()
+
+    def __call__(self, crt: bytes, key: bytes) -> ClientCert:
+        self._used.add((crt, key))
+        hit = self._cache.get((crt, key))
+        if hit is None:
+            try:
+                hit = self._load(crt, key)
+            except ValueError as exc:
+                hit = exc
+            self._cache[(crt, key)] = hit
+        if isinstance(hit, ValueError):
+            raise ValueError(str(hit))
+        return hit
+
+    def prune(self) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if k in self._used}
+        self._used = set()
+
+
+class FolderLoader:
+    """The synchronous part: scan, parse what changed, merge, build. Also used by `check`."""
+
+    def __init__(self, root: Path, *, secrets_namespace: str, load_cert: LoadCert) -> None:
+        self.root = root.absolute()  # watch events name absolute paths
+        self.secrets_namespace = secrets_namespace
+        self.parse_count = 0
+        self.file_count = 0
+        self._certs = _CertCache(load_cert)
+        self._files: dict[Path, _File] = {}
+        self._current: dict[ObjectKey, Document] = {}
+
+    def load(self, forced: Collection[Path] = ()) -> Snapshot | None:
+        """Rescan; return a new snapshot if any file changed, else None.
+
+        `forced` paths are re-read even if their stamp looks unchanged (writes within one
+        timestamp tick keep mtime and maybe size). Raises RegistryError if the root is gone.
+        """
+        _check_root(self.root)
+        listed = _list_files(self.root)
+        self.file_count = len(listed)
+        changed = len(listed) != len(self._files)
+        files: dict[Path, _File] = {}
+        for name, path in listed:
+            old = self._files.get(path)
+            entry = self._read(name, path, old, force=path in forced)
+            changed = changed or entry is not old
+            files[path] = entry
+        if not changed:
+            return None
+        self._files = files
+        results: list[ParseResult] = []
+        for entry in files.values():
+            result = entry.latest
+            if result.failed and entry.last_good is not None:
+                good = entry.last_good
+                result = ParseResult(good.objects, result.issues, good.rejected, failed=True)
+            results.append(result)
+        merged = merge(results, self._current)
+        self._current = merged.by_key
+        snapshot = build_snapshot(
+            [d for d in merged.objects if isinstance(d, AppDoc)],
+            [d for d in merged.objects if isinstance(d, SecretDoc)],
+            secrets_namespace=self.secrets_namespace,
+            load_cert=self._certs,
+            issues=merged.issues,
+        )
+        self._certs.prune()
+        return snapshot
+
+    def _read(self, name: str, path: Path, old: _File | None, *, force: bool) -> _File:
+        try:
+            st = path.stat()
+        except OSError as exc:  # vanished or a dangling symlink
+            if old is not None and old.stamp == (0, 0, 0) and not force:
+                return old
+            return _File((0, 0, 0), file_error(name, f"cannot read: {exc.strerror}"), _good(old))
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if old is not None and old.stamp == stamp and not force:
+            return old
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _File(stamp, file_error(name, f"cannot read: {exc.strerror}"), _good(old))
+        self.parse_count += 1
+        result = parse_file(name, data)
+        return _File(stamp, result, _good(old) if result.failed else result)
+
+
+def _good(old: _File | None) -> ParseResult | None:
+    return old.last_good if old is not None else None
+
+
+def load_snapshot(path: Path, *, secrets_namespace: str, load_cert: LoadCert) -> Snapshot:
+    """One load, as `serve --registry` would do it first (used by `check`)."""
+    loader = FolderLoader(path, secrets_namespace=secrets_namespace, load_cert=load_cert)
+    snapshot = loader.load()
+    return snapshot if snapshot is not None else Snapshot()
+
+
+class FolderRegistry:
+    """Registry over a folder (or one file), applying changes within about 2 s."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        secrets_namespace: str,
+        load_cert: LoadCert = tls.load_client_cert,
+    ) -> None:
+        self.ready = False
+        self.on_change: Callable[[Snapshot], None] | None = None
+        self._loader = FolderLoader(path, secrets_namespace=secrets_namespace, load_cert=load_cert)
+        self._snapshot = Snapshot()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()  # one load at a time: the loader is not thread-safe
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def parse_count(self) -> int:
+        """Files parsed so far; tests use it to prove unchanged files are not re-read."""
+        return self._loader.parse_count
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    async def start(self) -> None:
+        snapshot = await asyncio.to_thread(self._loader.load)
+        if self._loader.file_count == 0:
+            log.warning("registry folder has no manifests", extra={"fields": self._path_field()})
+        self._apply(snapshot or Snapshot())
+        self.ready = True
+        self._task = asyncio.create_task(self._watch(), name="registry-watch")
+        # Let the task create its watcher, then catch what changed before it existed.
+        await asyncio.sleep(0)
+        await self._reload(())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(task, timeout=2)
+        except TimeoutError:
+            pass  # wait_for has cancelled it
+
+    def _path_field(self) -> dict[str, object]:
+        return {"path": str(self._loader.root)}
+
+    async def _watch(self) -> None:
+        root = self._loader.root
+        watched = root if root.is_dir() else root.parent
+        polling: bool | None = None
+        while not self._stop.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                    watched,
+                    watch_filter=None,
+                    debounce=DEBOUNCE_MS,
+                    stop_event=self._stop,
+                    rust_timeout=RESCAN_MS,
+                    yield_on_timeout=True,
+                    force_polling=polling,
+                    poll_delay_ms=POLL_MS,
+                    ignore_permission_denied=True,
+                ):
+                    await self._reload({Path(p) for _, p in changes})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if polling:
+                    log.error("registry watch failed", extra={"fields": {"error": str(exc)}})
+                else:
+                    message = "registry watch failed, polling instead"
+                    log.warning(message, extra={"fields": {"error": str(exc)}})
+                    polling = True
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=POLL_MS / 1000)
+                except TimeoutError:
+                    pass
+
+    async def _reload(self, forced: Collection[Path]) -> None:
+        """Never raises: a failed reload keeps the last snapshot serving."""
+        try:
+            async with self._lock:
+                snapshot = await asyncio.to_thread(self._loader.load, forced)
+        except RegistryError as exc:
+            log.error("registry error", extra={"fields": {"issue": str(exc)}})
+            return
+        except Exception as exc:
+            log.exception("registry reload failed", extra={"fields": {"error": repr(exc)}})
+            return
+        if snapshot is not None:
+            self._apply(snapshot)
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        for issue in snapshot.issues:
+            level = logging.ERROR if issue.severity == "error" else logging.WARNING
+            fields = {"issue": str(issue), "severity": issue.severity}
+            log.log(level, "registry error", extra={"fields": fields})
+        counts = {
+            "apis": snapshot.api_count,
+            "applications": snapshot.application_count,
+            "errors": snapshot.error_count,
+        }
+        log.info("registry updated", extra={"fields": counts})
+        if self.on_change is not None:
+            try:
+                self.on_change(snapshot)
+            except Exception:
+                log.exception("registry change hook failed")

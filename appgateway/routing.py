@@ -1,0 +1,105 @@
+"""Find the API a request addresses: host routing first (proxy listener), then path routing.
+
+Identifier segments are compared as received (pre-normalised, never decoded), and the rest
+keeps the caller's escaping; both are decided here once so later steps never re-parse the
+request target (behaviour.md §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from appgateway.errors import BadRequest, GatewayError
+from appgateway.model import API
+from appgateway.urls import pre_normalize
+
+IDENTIFIER_MESSAGE = "failed to extract API Identifier from path"
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class Lookup(Protocol):
+    """The routing indexes of one registry snapshot."""
+
+    def by_host_label(self, label: str) -> API | GatewayError | None: ...
+
+    def by_path(self, app: str, service: str, entry: str | None) -> API | GatewayError: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    api: API
+    rest: str | None  # escaped rest after routing (pre-normalised), None when absent
+    mode: str  # "host" or "path"
+    base: str  # Location-rewrite base; "" for host routing
+
+
+def host_label_of(host: str) -> str | None:
+    """The label part of a Host value: no port, text before the first `.`, lower-cased."""
+    host = host.strip()
+    if host.startswith("["):
+        close = host.find("]")
+        host = host if close < 0 else host[: close + 1]
+    else:
+        host = host.partition(":")[0]
+    label = host.partition(".")[0].translate(_ASCII_LOWER)
+    return label or None
+
+
+def split_absolute_form(target: str) -> tuple[str | None, str]:
+    """Split an absolute-form request target into (authority, origin-form target).
+
+    The second element starts with `/` and still carries any `?query`, so the server can
+    treat it exactly like an origin-form target. Userinfo is dropped from the authority.
+    Targets that are not `scheme://...` come back unchanged with no authority.
+    """
+    scheme, sep, after = target.partition("://")
+    if not sep or not scheme.isascii() or not scheme.isalpha():
+        return None, target
+    cut = len(after)
+    for ch in "/?#":
+        idx = after.find(ch)
+        if 0 <= idx < cut:
+            cut = idx
+    authority = after[:cut].rpartition("@")[2]
+    rest = after[cut:].partition("#")[0]
+    if not rest.startswith("/"):
+        rest = "/" + rest
+    return authority or None, rest
+
+
+def _unwrap(result: API | GatewayError) -> API:
+    if isinstance(result, GatewayError):
+        raise result
+    return result
+
+
+def _route_path(lookup: Lookup, path: str, n: int) -> Route:
+    parts = path.lstrip("/").split("/", n)
+    if len(parts) < n or "" in parts[:n]:
+        raise BadRequest(IDENTIFIER_MESSAGE)
+    app, service = parts[0], parts[1]
+    entry = parts[2] if n == 3 else None
+    api = _unwrap(lookup.by_path(app, service, entry))
+    rest = parts[n] if len(parts) > n else None
+    return Route(api=api, rest=rest, mode="path", base="/" + "/".join(parts[:n]))
+
+
+def route_proxy(lookup: Lookup, host: str | None, raw_path: str) -> Route:
+    """Route a request on the proxy listener; raises the GatewayError the caller gets.
+
+    `raw_path` is the path of the request target as received (latin-1), without the query.
+    """
+    path = pre_normalize(raw_path)
+    label = host_label_of(host) if host else None
+    if label is not None:
+        found = lookup.by_host_label(label)
+        if found is not None:
+            # The whole path is the rest; join() then puts exactly one `/` after the target.
+            return Route(api=_unwrap(found), rest=path or "/", mode="host", base="")
+    return _route_path(lookup, path, 2)
+
+
+def route_compass(lookup: Lookup, raw_path: str) -> Route:
+    """Route a request on the Compass listener: `/{app}/{service}/{entry}[/{path}]`."""
+    return _route_path(lookup, pre_normalize(raw_path), 3)

@@ -1,0 +1,547 @@
+"""Proxy and Compass listeners: the server Protocol (httptools request parser).
+
+One `ClientConnection` per socket parses requests with llhttp in strict mode, runs one task
+per request through `handler`, answers pipelined requests in order, and streams bodies in
+both directions with pause/resume_reading back-pressure. Nothing here knows about routing
+or credentials: `Exchange` is the whole interface the pipeline sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import httptools
+
+from appgateway import http1
+from appgateway.errors import GatewayError
+from appgateway.model import Headers
+from appgateway.upstream import BodySource
+
+log = logging.getLogger("appgateway.server")
+
+MAX_HEAD = 64 * 1024
+HIGH_WATER = 256 * 1024
+
+
+class ClientGone(Exception):
+    """The caller closed its connection or stalled past the idle timeout."""
+
+
+def _timeout_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class Exchange(BodySource):
+    """One request on a client connection and the means to answer it."""
+
+    __slots__ = (
+        "conn",
+        "method",
+        "target",
+        "headers",
+        "http11",
+        "keep_alive",
+        "content_length",
+        "chunked",
+        "expect_continue",
+        "bytes_in",
+        "bytes_out",
+        "started",
+        "status_sent",
+        "finished",
+        "_chunks",
+        "_buffered",
+        "body_complete",
+        "_waiter",
+        "_continue_sent",
+        "_body_allowed",
+        "_chunked_out",
+        "_close_after",
+    )
+
+    def __init__(
+        self, conn: ClientConnection, method: bytes, target: bytes, headers: Headers
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http11 = True
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = False
+        self.status_sent = 0
+        self.finished = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self.body_complete = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue_sent = False
+        self._body_allowed = True
+        self._chunked_out = False
+        self._close_after = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length is not None
+
+    # -- request body ----------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.bytes_in += len(data)
+        if self._buffered > HIGH_WATER:
+            self.conn.pause_reading()
+        self._wake()
+
+    def _feed_eof(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next request-body bytes, b"" at the end. Raises ClientGone."""
+        conn = self.conn
+        while True:
+            if self._chunks:
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                conn.resume_reading()
+                return data
+            if self.body_complete:
+                return b""
+            if conn.closed:
+                raise ClientGone("caller closed the connection during the request body")
+            if self.expect_continue and not self._continue_sent:
+                self._continue_sent = True
+                conn.write(http1.CONTINUE_100)
+            conn.resume_reading()
+            waiter = conn.loop.create_future()
+            self._waiter = waiter
+            timer = conn.loop.call_later(conn.idle_timeout, _timeout_waiter, waiter)
+            try:
+                await waiter
+            except TimeoutError:
+                raise ClientGone("request body idle timeout") from None
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
+        """Buffer the body up to `limit` bytes: (data, complete)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            data = await self.read()
+            if not data:
+                return b"".join(parts), True
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts), False
+
+    # -- response --------------------------------------------------------------------
+    def start_response(
+        self, status: int, reason: bytes, headers: Headers, content_length: int | None
+    ) -> None:
+        """Write the response head, choosing the framing towards the caller."""
+        self.started = True
+        self.status_sent = status
+        allowed = http1.body_allowed(status, self.method)
+        self._body_allowed = allowed
+        chunked = False
+        length = content_length
+        if not allowed:
+            if status == 204 or status < 200:
+                length = None
+        elif length is None:
+            if self.http11:
+                chunked = True
+            else:
+                self._close_after = True
+        self._chunked_out = chunked
+        close = self._close_after or not self.keep_alive or not self.body_complete
+        if close:
+            self._close_after = True
+        head = http1.response_head(
+            status, reason, headers, content_length=length, chunked=chunked, close=close
+        )
+        self.bytes_out += len(head)
+        self.conn.write(head)
+
+    async def write(self, data: bytes) -> None:
+        if not self._body_allowed or not data:
+            return
+        self.bytes_out += len(data)
+        self.conn.write(http1.chunk(data) if self._chunked_out else data)
+        await self.conn.drain()
+
+    def end(self) -> None:
+        if self._chunked_out:
+            self.conn.write(http1.LAST_CHUNK)
+        self.finished = True
+
+    def send_error(self, error: GatewayError) -> None:
+        """A complete gateway-made response; the connection closes if the body was not read."""
+        close = not self.keep_alive or not self.body_complete
+        if close:
+            self._close_after = True
+        data = http1.error_response(error, close=close)
+        self.started = True
+        self.status_sent = error.status
+        self.finished = True
+        self.bytes_out += len(data)
+        self.conn.write(data)
+
+    def abort(self) -> None:
+        """Cut the response (an upstream failure after the head was sent)."""
+        self._close_after = True
+        self.conn.abort()
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One caller connection."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: Handler,
+        *,
+        request_timeout: float,
+        idle_timeout: float,
+        tracker: ConnectionTracker,
+    ) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.tracker = tracker
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._head_size = 0
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[Exchange] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._pending_error: bytes | None = None
+        self._eof = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.tracker.add(self)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._pending_error is not None:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0] :] if exc.args else b"")
+        except _HeadTooLarge:
+            self._protocol_error(431, "request header fields too large")
+        except httptools.HttpParserError as exc:
+            self._protocol_error(400, f"malformed request: {_parser_message(exc)}")
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._active is None and not self._queue:
+            return None
+        # A half-closed caller still gets its answer; close afterwards.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.tracker.discard(self)
+        self._cancel_head_timer()
+        for exchange in (self._parsing, self._active, *self._queue):
+            if exchange is not None:
+                exchange._wake()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ClientGone("caller closed the connection"))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge()
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        parser = self._parser
+        exchange = Exchange(self, parser.get_method(), self._url, self._headers)
+        exchange.http11 = parser.get_http_version() == "1.1"
+        exchange.keep_alive = bool(parser.should_keep_alive()) and not self._eof
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                exchange.content_length = int(value)
+            elif lower == b"transfer-encoding":
+                exchange.chunked = True
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                exchange.expect_continue = True
+        if exchange.content_length == 0:
+            exchange.body_complete = True
+        self._parsing = exchange
+        if self._active is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            exchange._feed(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            exchange._feed_eof()
+            self._parsing = None
+
+    # -- request lifecycle ------------------------------------------------------------
+    def _start(self, exchange: Exchange) -> None:
+        self._active = exchange
+        self._task = self.loop.create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.handler(exchange)
+        except asyncio.CancelledError:
+            exchange._close_after = True
+        except ClientGone:
+            exchange._close_after = True
+        except Exception:
+            log.error("internal error while handling a request", exc_info=log.isEnabledFor(10))
+            if not exchange.started and not self.closed:
+                self.write(http1.simple_error(500, "internal error"))
+            exchange._close_after = True
+        finally:
+            self._finished(exchange)
+
+    def _finished(self, exchange: Exchange) -> None:
+        self._active = None
+        self._task = None
+        if self.closed:
+            return
+        if exchange._close_after or not exchange.finished or not exchange.body_complete:
+            self.close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+            if not self._queue:
+                self.resume_reading()
+            return
+        if self._pending_error is not None:
+            self.write(self._pending_error)
+            self.close()
+            return
+        if self._eof or self.tracker.draining:
+            self.close()
+            return
+        self.resume_reading()
+        self._arm_head_timer()
+
+    def _upgrade(self, rest: bytes) -> None:
+        """Upgrade and CONNECT are refused: no tunnels.
+
+        An `Upgrade` GET is proxied as a plain request (the header is hop-by-hop and is
+        removed), and the connection closes after the answer. CONNECT gets 405.
+        """
+        exchange = self._active if self._parsing is None else self._parsing
+        if self._parser.get_method() == b"CONNECT" or exchange is None:
+            self._protocol_error(405, "CONNECT is not supported")
+            return
+        exchange.keep_alive = False
+        if exchange.has_body and not exchange.body_complete:
+            self._protocol_error(400, "malformed request: body with Upgrade is not supported")
+            return
+        exchange.body_complete = True
+        self._parsing = None
+        self.pause_reading()
+
+    def _protocol_error(self, status: int, message: str) -> None:
+        """A malformed request: answer after the requests already accepted, then close."""
+        self.pause_reading()
+        self._cancel_head_timer()
+        data = http1.simple_error(status, message)
+        if self._parsing is not None and self._parsing is self._active:
+            # The request being answered is itself broken (bad body framing).
+            self._parsing._feed_eof()
+            if self._active.started:
+                self.abort()
+                return
+        self._parsing = None
+        if self._active is None and not self._queue:
+            self.write(data)
+            self.close()
+        else:
+            self._pending_error = data
+
+    # -- transport helpers ------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if not self._write_paused:
+            return
+        if self.closed:
+            raise ClientGone("caller closed the connection")
+        waiter = self.loop.create_future()
+        self._drain = waiter
+        timer = self.loop.call_later(self.idle_timeout, _timeout_waiter, waiter)
+        try:
+            await waiter
+        except TimeoutError:
+            raise ClientGone("response body idle timeout (caller not reading)") from None
+        finally:
+            timer.cancel()
+            self._drain = None
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            if self._queue or self._pending_error is not None:
+                return
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm_head_timer(self) -> None:
+        self._timer = self.loop.call_later(self.request_timeout, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timeout(self) -> None:
+        self._timer = None
+        if self._active is None:
+            self.close()
+
+    @property
+    def idle(self) -> bool:
+        return self._active is None and not self._queue
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split("\n")[0][:120]
+
+
+class ConnectionTracker:
+    """The open client connections of one listener, for the shutdown drain."""
+
+    def __init__(self) -> None:
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+
+    def add(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+
+    def discard(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+
+    @property
+    def busy(self) -> bool:
+        return any(not conn.idle for conn in self.connections)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+async def serve(
+    loop: asyncio.AbstractEventLoop,
+    handler: Handler,
+    sock: socket.socket,
+    *,
+    request_timeout: float,
+    idle_timeout: float,
+    tracker: ConnectionTracker,
+) -> asyncio.Server:
+    """Serve on an already bound socket (the app or the supervisor binds it)."""
+
+    def factory() -> ClientConnection:
+        return ClientConnection(
+            loop,
+            handler,
+            request_timeout=request_timeout,
+            idle_timeout=idle_timeout,
+            tracker=tracker,
+        )
+
+    return await loop.create_server(factory, sock=sock, backlog=1024)

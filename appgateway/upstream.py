@@ -1,0 +1,603 @@
+"""Upstream keep-alive pools and the client Protocol (httptools response parser).
+
+Every socket, TLS and parse failure is turned into `UpstreamUnavailable` or `UpstreamTimeout`
+here, so the pipeline never sees a library exception. A connection object doubles as the
+response body source, which saves an allocation and a hop per chunk on the data path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+
+import httptools
+
+from appgateway import http1
+from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from appgateway.model import Headers, Target
+
+HIGH_WATER = 256 * 1024
+MAX_RESPONSE_HEAD = 1024 * 1024
+POOL_IDLE_SECONDS = 60.0
+POOL_MAX_IDLE = 256
+
+PoolKey = tuple[str, str, int, bool, str]
+
+
+class BodySource:
+    """What a streamed request body is read from (the caller's connection)."""
+
+    async def read(self) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class StreamedBody:
+    """A request body too large (or too long unknown) to buffer for the retry."""
+
+    prefix: bytes
+    source: BodySource
+    length: int | None  # None: unknown, sent chunked
+
+
+@dataclass(slots=True)
+class OutboundRequest:
+    method: bytes
+    target: Target
+    path: bytes  # path and ?query exactly as sent
+    headers: Headers  # final fields including Host, without framing fields
+    body: bytes | None  # buffered body, or None for no body / a streamed one
+    stream: StreamedBody | None = None
+
+
+def _timeout_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One client connection to a target, parsing responses with llhttp."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool) -> None:
+        self._loop = loop
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.in_use = False
+        self.reused = False
+        self.got_bytes = False
+        # current exchange
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._head_request = False
+        self._interim = False
+        self._reset_parser = False
+        self.status = 0
+        self.reason = b""
+        self.headers: Headers = []
+        self._head_size = 0
+        self.content_length: int | None = None
+        self.body_until_eof = False
+        self.keep_alive = False
+        self.complete = False
+        self._error: GatewayError | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._reading_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.body_sent = True
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self._head_waiter is None:
+            # Bytes on an idle connection: the server is confused; never reuse it.
+            self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamUnavailable(f"invalid response: {exc}", "protocol"))
+            self.abort()
+            return
+        if self._reset_parser:
+            self._reset_parser = False
+            self._parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        if self._head_waiter is not None and not self._head_waiter.done():
+            if exc is None:
+                message = "connection closed before response headers"
+            else:
+                message = f"connection lost before response headers: {_reason(exc)}"
+            self._head_waiter.set_exception(UpstreamUnavailable(message, "protocol"))
+        elif not self.complete:
+            if self.body_until_eof and exc is None:
+                self.complete = True
+            elif self._error is None:
+                self._error = UpstreamUnavailable(
+                    "connection lost during response body", "protocol"
+                )
+        self._wake_reader()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(UpstreamUnavailable("connection lost while sending", "protocol"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self._head_size = 0
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise UpstreamUnavailable("response header too large", "protocol")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise UpstreamUnavailable("unexpected 101 Switching Protocols", "protocol")
+            self._interim = True
+            self.reason = b""
+            return
+        self.status = status
+        self.keep_alive = bool(self._parser.should_keep_alive())
+        length: int | None = None
+        chunked = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+        self.content_length = None if chunked else length
+        no_body = self._head_request or status in (204, 304)
+        self.body_until_eof = not no_body and not chunked and length is None
+        if no_body:
+            self.complete = True
+            if self._head_request:
+                self._reset_parser = True
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self.complete = True
+        self._wake_reader()
+
+    # -- exchange ---------------------------------------------------------------------
+    def begin(self, method: bytes) -> asyncio.Future[None]:
+        self.in_use = True
+        self._head_request = method == b"HEAD"
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.content_length = None
+        self.body_until_eof = False
+        self.keep_alive = False
+        self.complete = False
+        self._error = None
+        self._interim = False
+        self.body_sent = True
+        waiter = self._loop.create_future()
+        self._head_waiter = waiter
+        return waiter
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self, idle_timeout: float) -> None:
+        if not self._write_paused:
+            return
+        if self.closed:
+            raise UpstreamUnavailable("connection lost while sending", "protocol")
+        waiter = self._loop.create_future()
+        self._drain = waiter
+        timer = self._loop.call_later(idle_timeout, _timeout_waiter, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._drain = None
+
+    async def read(self, idle_timeout: float) -> bytes:
+        """The next body bytes, b"" at the end; bounded by the idle timeout."""
+        while True:
+            if self._chunks:
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                if self._reading_paused and self.transport is not None:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                return data
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise UpstreamUnavailable("connection lost during response body", "protocol")
+            waiter = self._loop.create_future()
+            self._reader = waiter
+            timer = self._loop.call_later(idle_timeout, _timeout_waiter, waiter)
+            try:
+                await waiter
+            except TimeoutError:
+                raise UpstreamTimeout("response body idle timeout") from None
+            finally:
+                timer.cancel()
+                self._reader = None
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _fail(self, error: GatewayError) -> None:
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        elif self._error is None and not self.complete:
+            self._error = error
+        self._wake_reader()
+
+    def release(self) -> None:
+        """Return the connection to its pool when the exchange ended cleanly, else close it."""
+        self._head_waiter = None
+        self.in_use = False
+        if (
+            self.complete
+            and self.keep_alive
+            and self.body_sent
+            and not self.closed
+            and not self._chunks
+        ):
+            self.reused = True
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.discard(self)
+
+
+class Pool:
+    """Idle keep-alive connections for one (scheme, host, port, verify, client cert)."""
+
+    def __init__(self, key: PoolKey, ssl_context: ssl.SSLContext | None) -> None:
+        self.key = key
+        self.ssl_context = ssl_context
+        self.idle: deque[UpstreamConnection] = deque()
+
+    def acquire(self, now: float) -> UpstreamConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.closed or now - conn.idle_since > POOL_IDLE_SECONDS:
+                conn.abort()
+                continue
+            return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) >= POOL_MAX_IDLE:
+            conn.abort()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close_idle(self, older_than: float | None = None) -> None:
+        keep: deque[UpstreamConnection] = deque()
+        for conn in self.idle:
+            if older_than is None or conn.idle_since < older_than:
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.close()
+            else:
+                keep.append(conn)
+        self.idle = keep
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    reason: bytes
+    headers: Headers
+    content_length: int | None
+    connection: UpstreamConnection
+
+    async def read(self, idle_timeout: float) -> bytes:
+        return await self.connection.read(idle_timeout)
+
+    def release(self) -> None:
+        self.connection.release()
+
+    def abort(self) -> None:
+        self.connection.abort()
+
+
+class Upstream:
+    """Sends requests over pooled connections; one instance per process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pools: dict[PoolKey, Pool] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def pool(
+        self, target: Target, verify: bool, fingerprint: str, ctx: ssl.SSLContext | None
+    ) -> Pool:
+        key: PoolKey = (target.scheme, target.host, target.port, verify, fingerprint)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(key, ctx)
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(POOL_IDLE_SECONDS / 4, self._sweep)
+        return pool
+
+    def _sweep(self) -> None:
+        cutoff = self._loop.time() - POOL_IDLE_SECONDS
+        for pool in self._pools.values():
+            pool.close_idle(older_than=cutoff)
+        self._sweeper = self._loop.call_later(POOL_IDLE_SECONDS / 4, self._sweep)
+
+    def retain(self, keys: set[PoolKey]) -> None:
+        """Drop pools that no API of the current snapshot uses."""
+        for key in list(self._pools):
+            if key not in keys:
+                self._pools.pop(key).close_idle()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            pool.close_idle()
+        self._pools.clear()
+
+    async def send(
+        self,
+        req: OutboundRequest,
+        pool: Pool,
+        *,
+        header_timeout: float,
+        idle_timeout: float,
+    ) -> UpstreamResponse:
+        """One attempt. A stale pooled connection is replaced once, transparently.
+
+        A keep-alive connection that the target closed while idle fails before any response
+        byte arrives; that is not the target's answer, so the request (when it is buffered
+        and can be replayed) goes again on a fresh connection.
+        """
+        conn = pool.acquire(self._loop.time())
+        while True:
+            fresh = conn is None
+            try:
+                return await self._attempt(req, pool, conn, header_timeout, idle_timeout)
+            except UpstreamUnavailable as exc:
+                stale = (
+                    not fresh
+                    and exc.kind == "protocol"
+                    and exc.before_response
+                    and req.stream is None
+                )
+                if not stale:
+                    raise
+                conn = None
+
+    async def fetch(
+        self, req: OutboundRequest, pool: Pool, *, deadline_s: float, limit: int = 1 << 20
+    ) -> tuple[int, Headers, bytes]:
+        """A whole small exchange (token and CSRF calls), bounded by one timeout.
+
+        Raises UpstreamTimeout/UpstreamUnavailable like `send`; a body over `limit` bytes is
+        a protocol failure, so a hostile endpoint cannot make us buffer without bound.
+        """
+        try:
+            async with asyncio.timeout(deadline_s):
+                response = await self.send(
+                    req, pool, header_timeout=deadline_s, idle_timeout=deadline_s
+                )
+                try:
+                    parts: list[bytes] = []
+                    size = 0
+                    while data := await response.read(deadline_s):
+                        size += len(data)
+                        if size > limit:
+                            raise UpstreamUnavailable("response body too large", "protocol")
+                        parts.append(data)
+                except BaseException:
+                    response.abort()
+                    raise
+                response.release()
+                return response.status, response.headers, b"".join(parts)
+        except TimeoutError:
+            raise UpstreamTimeout(f"timeout after {deadline_s:g}s") from None
+
+    async def _attempt(
+        self,
+        req: OutboundRequest,
+        pool: Pool,
+        conn: UpstreamConnection | None,
+        header_timeout: float,
+        idle_timeout: float,
+    ) -> UpstreamResponse:
+        loop = self._loop
+        try:
+            async with asyncio.timeout(header_timeout) as deadline:
+                if conn is None:
+                    conn = await self._connect(req.target, pool)
+                head_ready = conn.begin(req.method)
+                stream = req.stream
+                if stream is None:
+                    body = req.body
+                    head = http1.request_head(
+                        req.method,
+                        req.path,
+                        req.headers,
+                        content_length=None if body is None else len(body),
+                        chunked=False,
+                    )
+                    conn.write(head + body if body else head)
+                else:
+                    conn.write(
+                        http1.request_head(
+                            req.method,
+                            req.path,
+                            req.headers,
+                            content_length=stream.length,
+                            chunked=stream.length is None,
+                        )
+                    )
+                    deadline.reschedule(None)
+                    conn.body_sent = False
+                    await self._stream_body(conn, stream, head_ready, idle_timeout)
+                    deadline.reschedule(loop.time() + header_timeout)
+                await head_ready
+        except TimeoutError:
+            if conn is not None:
+                conn.abort()
+            raise UpstreamTimeout(f"timeout after {header_timeout:g}s") from None
+        except UpstreamUnavailable as exc:
+            if conn is not None:
+                exc.before_response = not conn.got_bytes
+                conn.abort()
+            raise
+        except GatewayError:
+            if conn is not None:
+                conn.abort()
+            raise
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            if conn is not None:
+                conn.abort()
+            raise _classify(exc) from None
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            raise
+        return UpstreamResponse(conn.status, conn.reason, conn.headers, conn.content_length, conn)
+
+    async def _connect(self, target: Target, pool: Pool) -> UpstreamConnection:
+        ctx = pool.ssl_context
+        _, protocol = await self._loop.create_connection(
+            lambda: UpstreamConnection(self._loop, pool),
+            target.host,
+            target.port,
+            ssl=ctx,
+            server_hostname=target.host if ctx is not None else None,
+        )
+        return protocol
+
+    async def _stream_body(
+        self,
+        conn: UpstreamConnection,
+        stream: StreamedBody,
+        head_ready: asyncio.Future[None],
+        idle_timeout: float,
+    ) -> None:
+        """Pump the caller's body while watching for an early response.
+
+        A target may answer (401, 413) before it has read the whole body; then the answer
+        wins, and the rest of the body is still sent in the background when possible.
+        """
+        pump = self._loop.create_task(_pump(conn, stream, idle_timeout))
+        done, _ = await asyncio.wait({pump, head_ready}, return_when=asyncio.FIRST_COMPLETED)
+        if pump in done:
+            pump.result()  # re-raise a send failure
+            return
+        pump.add_done_callback(_ignore_result)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _pump(conn: UpstreamConnection, stream: StreamedBody, idle_timeout: float) -> None:
+    chunked = stream.length is None
+    data = stream.prefix
+    sent = 0
+    while True:
+        if data:
+            sent += len(data)
+            conn.write(http1.chunk(data) if chunked else data)
+            await conn.drain(idle_timeout)
+        data = await stream.source.read()
+        if not data:
+            break
+    if chunked:
+        conn.write(http1.LAST_CHUNK)
+    elif stream.length is not None and sent != stream.length:
+        conn.abort()
+        raise UpstreamUnavailable("request body shorter than its Content-Length", "protocol")
+    conn.body_sent = True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake failed: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or 'error'}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return "host not found"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "network unreachable"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+def _classify(exc: BaseException) -> UpstreamUnavailable:
+    kind = "tls" if isinstance(exc, ssl.SSLError) else "connect"
+    return UpstreamUnavailable(_reason(exc), kind)

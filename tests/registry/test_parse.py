@@ -1,0 +1,449 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from appgateway.registry.parse import (
+    AppDoc,
+    CredentialsDoc,
+    EntryDoc,
+    Issue,
+    ParseResult,
+    SecretDoc,
+    ServiceDoc,
+    merge,
+    object_key,
+    parse_file,
+)
+
+APP_HEAD = """\
+apiVersion: applicationconnector.kyma-project.io/v1alpha1
+kind: Application
+metadata: {name: erp}
+"""
+
+
+def parse(name: str, text: str) -> ParseResult:
+    return parse_file(name, textwrap.dedent(text).encode())
+
+
+def issue_lines(name: str, text: str) -> list[str]:
+    return [str(i) for i in parse(name, text).issues]
+
+
+GOOD_APP = APP_HEAD + "spec: {services: []}\n"
+
+BAD_DOCUMENTS = [
+    pytest.param(
+        "apps.yaml",
+        GOOD_APP
+        + "---\n"
+        + APP_HEAD
+        + """\
+spec:
+  services:
+    - displayName: Orders
+      entries:
+        - {type: API, targetUrl: http://a}
+        - {type: Rest, targetUrl: http://a}
+""",
+        ["apps.yaml#2: Application/erp: spec.services[0].entries[1].type: must be API or Events"],
+        id="entry-type",
+    ),
+    pytest.param(
+        "list.yaml",
+        """\
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: applicationconnector.kyma-project.io/v1alpha1
+    kind: Application
+    metadata: {name: erp}
+    spec: {skipVerify: "yes"}
+  - apiVersion: v1
+    kind: SecretList
+    items:
+      - {apiVersion: v1, kind: Secret, metadata: {name: s}, data: {crt: "!!"}}
+""",
+        [
+            "list.yaml#1.items[0]: Application/erp: spec.skipVerify: must be a boolean, not string",
+            "list.yaml#1.items[1].items[0]: Secret/s: data.crt: invalid base64",
+        ],
+        id="list-items",
+    ),
+    pytest.param(
+        "x.yaml",
+        "---\n---\n- a\n",
+        ["x.yaml#2: document must be a mapping, not list"],
+        id="not-a-mapping-numbered-after-empty-doc",
+    ),
+    pytest.param("x.yaml", "a: 1\n", ["x.yaml#1: kind: is required"], id="no-kind"),
+    pytest.param("x.yaml", "kind: [Secret]\n", ["x.yaml#1: kind: must be a string"], id="kind-type"),
+    pytest.param(
+        "x.yaml",
+        "kind: Application\nmetadata: {name: erp}\n",
+        ["x.yaml#1: Application/erp: apiVersion: is required"],
+        id="no-api-version",
+    ),
+    pytest.param(
+        "x.yaml",
+        "apiVersion: applicationconnector.kyma-project.io/v1\nkind: Application\n"
+        "metadata: {name: erp}\n",
+        [
+            "x.yaml#1: Application/erp: apiVersion: unsupported apiVersion "
+            "'applicationconnector.kyma-project.io/v1', "
+            "want 'applicationconnector.kyma-project.io/v1alpha1'"
+        ],
+        id="application-api-version",
+    ),
+    pytest.param(
+        "x.yaml",
+        "apiVersion: applicationconnector.kyma-project.io/v1alpha1\nkind: Application\n",
+        ["x.yaml#1: Application: metadata.name: is required"],
+        id="no-name",
+    ),
+    pytest.param(
+        "x.yaml",
+        "apiVersion: applicationconnector.kyma-project.io/v1alpha1\nkind: Application\n"
+        "metadata: {name: Erp_1}\n",
+        [
+            "x.yaml#1: Application/Erp_1: metadata.name: must be a DNS-1123 subdomain "
+            "(lower-case letters, digits, '-' and '.')"
+        ],
+        id="bad-name",
+    ),
+    pytest.param(
+        "x.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: 5}\n",
+        ["x.yaml#1: Secret: metadata.name: must be a string, not integer"],
+        id="name-type",
+    ),
+    pytest.param(
+        "x.yaml",
+        APP_HEAD + "spec: {services: {a: 1}}\n",
+        ["x.yaml#1: Application/erp: spec.services: must be a list, not mapping"],
+        id="services-not-list",
+    ),
+    pytest.param(
+        "x.yaml",
+        APP_HEAD + "spec: [1]\n",
+        ["x.yaml#1: Application/erp: spec: must be a mapping, not list"],
+        id="spec-not-mapping",
+    ),
+    pytest.param(
+        "x.yaml",
+        APP_HEAD + "spec:\n  encodeUrl: 1\n  services:\n    - id: 7\n      entries: []\n    - x\n",
+        [
+            "x.yaml#1: Application/erp: spec.encodeUrl: must be a boolean, not integer",
+            "x.yaml#1: Application/erp: spec.services[0].id: must be a string, not integer",
+            "x.yaml#1: Application/erp: spec.services[0].displayName: is required",
+            "x.yaml#1: Application/erp: spec.services[1]: must be a mapping, not string",
+        ],
+        id="every-problem-reported",
+    ),
+    pytest.param(
+        "x.yaml",
+        APP_HEAD
+        + """\
+spec:
+  services:
+    - displayName: S
+      entries:
+        - name: e
+        - type: API
+          targetUrl: [http://a]
+          credentials: {type: Basic, secretName: s, csrfInfo: yes}
+          requestParametersSecretName: {a: b}
+""",
+        [
+            "x.yaml#1: Application/erp: spec.services[0].entries[0].type: is required",
+            "x.yaml#1: Application/erp: spec.services[0].entries[1].targetUrl: "
+            "must be a string, not list",
+            "x.yaml#1: Application/erp: spec.services[0].entries[1].requestParametersSecretName: "
+            "must be a string, not mapping",
+            "x.yaml#1: Application/erp: spec.services[0].entries[1].credentials.csrfInfo: "
+            "must be a mapping, not boolean",
+        ],
+        id="entry-fields",
+    ),
+    pytest.param(
+        "s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: 3}\n"
+        "data: [a]\nstringData: {port: 8080, 5: x}\n",
+        [
+            "s.yaml#1: Secret/s: metadata.namespace: must be a string, not integer",
+            "s.yaml#1: Secret/s: data: must be a mapping, not list",
+            "s.yaml#1: Secret/s: stringData.port: must be a string, not integer",
+            "s.yaml#1: Secret/s: stringData: keys must be strings, not integer",
+        ],
+        id="secret-shapes",
+    ),
+    pytest.param(
+        "s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YWJj, b: 'YW Jj', c: YWJ}\n",
+        ["s.yaml#1: Secret/s: data.b: invalid base64", "s.yaml#1: Secret/s: data.c: invalid base64"],
+        id="strict-base64",
+    ),
+    pytest.param(
+        "x.yaml",
+        "apiVersion: v1\nkind: List\nitems: {a: 1}\n",
+        ["x.yaml#1: List: items: must be a list, not mapping"],
+        id="items-not-list",
+    ),
+    pytest.param(
+        "x.yaml",
+        "a: 1\n---\nb: [\n",
+        ["x.yaml: invalid YAML at line 3, column 1: expected the node content in flow context"],
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "x.json",
+        '{"kind": "Secret",}',
+        [
+            "x.json: invalid JSON at line 1, column 19: "
+            "Expecting property name enclosed in double quotes"
+        ],
+        id="json-syntax",
+    ),
+    pytest.param("x.yaml", "a: !!python/object:os.system x\n", None, id="unsafe-tag"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), BAD_DOCUMENTS)
+def test_bad_documents(name: str, text: str, expected: list[str] | None) -> None:
+    result = parse(name, text)
+    assert all(i.severity == "error" for i in result.issues)
+    if expected is None:  # only the failure matters, the libyaml wording does not
+        assert result.failed and len(result.issues) == 1
+        return
+    assert [str(i) for i in result.issues] == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "failed", "rejected"),
+    [
+        ("a: [", True, []),
+        (APP_HEAD + "spec: {skipVerify: 1}\n", False, [("Application", "", "erp")]),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\ndata: {a: '*'}\n",
+            False,
+            [("Secret", "ns", "s")],
+        ),
+        ("apiVersion: v1\nkind: Secret\nmetadata: {name: 'Bad Name'}\ndata: [1]\n", False,
+         [("Secret", "", "Bad Name")]),  # fmt: skip
+        ("apiVersion: v1\nkind: Secret\ndata: [1]\n", False, []),
+    ],
+)
+def test_failed_and_rejected(text: str, failed: bool, rejected: list[tuple[str, str, str]]) -> None:
+    result = parse("f.yaml", text)
+    assert result.failed is failed
+    assert list(result.rejected) == rejected
+    assert result.objects == ()
+
+
+def test_invalid_utf8_fails_the_file() -> None:
+    result = parse_file("x.yaml", b"a: \xff\n")
+    assert result.failed
+    assert [str(i) for i in result.issues] == ["x.yaml: not UTF-8 text: invalid byte at offset 3"]
+
+
+def test_issue_text_and_severity() -> None:
+    issue = Issue("a.yaml#1", "Secret", "s", "data.x", "bad", "warning")
+    assert str(issue) == "a.yaml#1: Secret/s: data.x: bad"
+    assert str(Issue("a.yaml", "", "", "", "invalid YAML")) == "a.yaml: invalid YAML"
+
+
+def test_application_tree() -> None:
+    result = parse(
+        "apps.yaml",
+        """\
+        # a comment document is skipped
+        ---
+        apiVersion: applicationconnector.kyma-project.io/v1alpha1
+        kind: Application
+        metadata: {name: erp, namespace: ignored, labels: {a: b}}
+        spec:
+          description: ignored
+          skipVerify: true
+          services:
+            - id: "77aa01"
+              name: orders-1
+              displayName: Orders API (v2)
+              unknownField: 1
+              entries:
+                - type: API
+                  name: Sales Orders
+                  targetUrl: https://erp.example.com/odata?x=1
+                  gatewayUrl: ignored
+                  credentials:
+                    type: OAuth
+                    secretName: sec
+                    authenticationUrl: https://erp.example.com/token
+                    csrfInfo: {tokenEndpointURL: https://erp.example.com/csrf}
+                  requestParametersSecretName: params
+                - type: Events
+                  name: events
+            - displayName: Bare
+              entries:
+                - {type: API, targetUrl: http://x, credentials: {}}
+                - {type: API, targetUrl: http://x, credentials: {csrfInfo: {}}}
+        """,
+    )
+    assert result.issues == () and not result.failed
+    assert result.objects == (
+        AppDoc(
+            location="apps.yaml#2",
+            name="erp",
+            skip_verify=True,
+            encode_url=True,
+            services=(
+                ServiceDoc(
+                    field="spec.services[0]",
+                    id="77aa01",
+                    name="orders-1",
+                    display_name="Orders API (v2)",
+                    entries=(
+                        EntryDoc(
+                            field="spec.services[0].entries[0]",
+                            type="API",
+                            name="Sales Orders",
+                            target_url="https://erp.example.com/odata?x=1",
+                            credentials=CredentialsDoc(
+                                type="OAuth",
+                                secret_name="sec",
+                                authentication_url="https://erp.example.com/token",
+                                csrf_url="https://erp.example.com/csrf",
+                            ),
+                            request_parameters_secret_name="params",
+                        ),
+                        EntryDoc(
+                            "spec.services[0].entries[1]", "Events", "events", "",
+                            CredentialsDoc(), "",
+                        ),  # fmt: skip
+                    ),
+                ),
+                ServiceDoc(
+                    field="spec.services[1]",
+                    id="",
+                    name="",
+                    display_name="Bare",
+                    entries=(
+                        EntryDoc("spec.services[1].entries[0]", "API", "", "http://x",
+                                 CredentialsDoc(), ""),  # fmt: skip
+                        EntryDoc("spec.services[1].entries[1]", "API", "", "http://x",
+                                 CredentialsDoc(csrf_url=""), ""),  # fmt: skip
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("credentials", "empty"),
+    [
+        (CredentialsDoc(), True),
+        (CredentialsDoc(type="Basic"), False),
+        (CredentialsDoc(secret_name="s"), False),
+        (CredentialsDoc(authentication_url="http://t"), False),
+        (CredentialsDoc(csrf_url=""), False),
+    ],
+)
+def test_empty_credentials(credentials: CredentialsDoc, empty: bool) -> None:
+    assert credentials.empty is empty
+
+
+def test_secrets_union_string_data_wins_and_other_kinds_ignored() -> None:
+    result = parse(
+        "s.yaml",
+        """\
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: s1}
+        data: {a: YWFh, b: YmJi, empty: ""}
+        stringData: {b: from-string-data, c: ccc}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: c}
+        data: {a: not-base64!}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: Not_Valid}
+        ---
+        apiVersion: v2
+        kind: Secret
+        metadata: {name: other-api-version}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: s2, namespace: kyma-system}
+        """,
+    )
+    assert result.issues == ()
+    assert result.objects == (
+        SecretDoc("s.yaml#1", "s1", None, {"a": b"aaa", "b": b"from-string-data", "empty": b"",
+                                           "c": b"ccc"}),  # fmt: skip
+        SecretDoc("s.yaml#5", "s2", "kyma-system", {}),
+    )
+
+
+def test_json_file_is_one_document() -> None:
+    text = (
+        '{"apiVersion": "v1", "kind": "List", "items": ['
+        '{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}},'
+        '{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "B"}}]}'
+    )
+    result = parse("dir/s.json", text)
+    assert [o.location for o in result.objects] == ["dir/s.json#1.items[0]"]
+    assert [str(i) for i in result.issues] == [
+        "dir/s.json#1.items[1]: Secret/B: metadata.name: must be a DNS-1123 subdomain "
+        "(lower-case letters, digits, '-' and '.')"
+    ]
+
+
+def test_blank_files_have_no_documents() -> None:
+    assert parse("a.yaml", "") == ParseResult((), ())
+    assert parse("a.json", "  \n") == ParseResult((), ())
+    assert parse("a.yaml", "---\n# only a comment\n") == ParseResult((), ())
+
+
+def _secret(location: str, name: str, value: bytes = b"") -> SecretDoc:
+    return SecretDoc(location, name, None, {"v": value})
+
+
+def test_merge_first_duplicate_wins() -> None:
+    a = ParseResult((_secret("a.yaml#1", "s", b"1"), _secret("a.yaml#2", "t")), ())
+    b = ParseResult((_secret("b.yaml#1", "s", b"2"),), ())
+    merged = merge([a, b], {})
+    assert merged.objects == (a.objects[0], a.objects[1])
+    assert [str(i) for i in merged.issues] == [
+        "b.yaml#1: Secret/s: metadata.name: duplicate name, first defined in a.yaml#1"
+    ]
+
+
+def test_merge_same_name_in_other_namespace_is_not_a_duplicate() -> None:
+    a = SecretDoc("a.yaml#1", "s", None, {})
+    b = SecretDoc("a.yaml#2", "s", "other", {})
+    assert merge([ParseResult((a, b), ())], {}).objects == (a, b)
+
+
+def test_merge_rejected_object_keeps_previous_version() -> None:
+    old = _secret("a.yaml#1", "s", b"old")
+    gone = _secret("a.yaml#2", "gone")
+    previous = {object_key(old): old, object_key(gone): gone}
+    bad = Issue("a.yaml#1", "Secret", "s", "data.v", "invalid base64")
+    result = ParseResult((), (bad,), rejected=(("Secret", "", "s"), ("Secret", "", "new")))
+    merged = merge([result], previous)
+    assert merged.objects == (old,)  # `gone` was deleted; `new` never had a valid version
+    assert merged.issues == (bad,)
+
+
+def test_merge_valid_definition_elsewhere_beats_previous() -> None:
+    old = _secret("a.yaml#1", "s", b"old")
+    moved = _secret("b.yaml#1", "s", b"moved")
+    rejected = ParseResult((), (), rejected=(("Secret", "", "s"),))
+    merged = merge([rejected, ParseResult((moved,), ())], {object_key(old): old})
+    assert merged.objects == (moved,)

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from appgateway.metrics import Metrics, merge_texts
+
+NAMES = [
+    "appgateway_requests_total",
+    "appgateway_request_duration_seconds",
+    "appgateway_upstream_duration_seconds",
+    "appgateway_upstream_errors_total",
+    "appgateway_retries_total",
+    "appgateway_token_fetches_total",
+    "appgateway_csrf_fetches_total",
+    "appgateway_cache_lookups_total",
+    "appgateway_inflight_requests",
+    "appgateway_registry_apis",
+    "appgateway_registry_applications",
+    "appgateway_registry_errors",
+    "appgateway_registry_reloads_total",
+    "appgateway_registry_last_sync_timestamp_seconds",
+]
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def samples(text: bytes) -> dict[Key, float]:
+    out: dict[Key, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def types(text: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            out[name] = kind
+    return out
+
+
+def key(name: str, **labels: str) -> Key:
+    return (name, tuple(sorted(labels.items())))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_metric_is_exposed_before_use(name: str) -> None:
+    assert name in types(Metrics().render())
+
+
+def test_types() -> None:
+    kinds = types(Metrics().render())
+    assert kinds["appgateway_request_duration_seconds"] == "histogram"
+    assert kinds["appgateway_upstream_duration_seconds"] == "histogram"
+    assert kinds["appgateway_inflight_requests"] == "gauge"
+    assert kinds["appgateway_requests_total"] == "counter"
+    assert kinds["appgateway_registry_last_sync_timestamp_seconds"] == "gauge"
+
+
+def test_no_created_series() -> None:
+    m = Metrics()
+    m.observe_request("proxy", "a", "s", 200, 0.1)
+    m.retry("a", "s")
+    assert b"_created" not in m.render()
+
+
+def test_hot_path_methods_record_labels() -> None:
+    m = Metrics()
+    m.observe_request("proxy", "demo", "open-api", 200, 0.003)
+    m.observe_request("proxy", "demo", "open-api", 200, 0.3)
+    m.observe_request("compass", "", "", 404, 0.001)
+    m.observe_upstream("demo", "open-api", 0.002)
+    m.upstream_error("demo", "open-api", "timeout")
+    m.retry("demo", "open-api")
+    m.retry("demo", "open-api")
+    m.token_fetch("oauth", "ok")
+    m.csrf_fetch("error")
+    m.cache_lookup("token", hit=True)
+    m.cache_lookup("csrf", hit=False)
+    m.inflight("proxy").inc()
+    m.inflight("proxy").inc()
+    m.inflight("proxy").dec()
+    m.set_registry(apis=6, applications=1, errors=2)
+    m.registry_reload("ok", now=1700000000.0)
+    m.registry_reload("error", now=1800000000.0)
+    got = samples(m.render())
+    req = {"listener": "proxy", "app": "demo", "service": "open-api"}
+    assert got[key("appgateway_requests_total", code="200", **req)] == 2
+    assert got[key("appgateway_requests_total", listener="compass", app="", service="", code="404")]
+    assert got[key("appgateway_request_duration_seconds_count", **req)] == 2
+    assert got[key("appgateway_request_duration_seconds_sum", **req)] == pytest.approx(0.303)
+    assert got[key("appgateway_request_duration_seconds_bucket", le="0.005", **req)] == 1
+    assert got[key("appgateway_request_duration_seconds_bucket", le="+Inf", **req)] == 2
+    assert got[key("appgateway_upstream_duration_seconds_count", app="demo", service="open-api")]
+    errors = key("appgateway_upstream_errors_total", app="demo", service="open-api", kind="timeout")
+    assert got[errors] == 1
+    assert got[key("appgateway_retries_total", app="demo", service="open-api")] == 2
+    assert got[key("appgateway_token_fetches_total", flavour="oauth", result="ok")] == 1
+    assert got[key("appgateway_csrf_fetches_total", result="error")] == 1
+    assert got[key("appgateway_cache_lookups_total", cache="token", result="hit")] == 1
+    assert got[key("appgateway_cache_lookups_total", cache="csrf", result="miss")] == 1
+    assert got[key("appgateway_inflight_requests", listener="proxy")] == 1
+    assert got[key("appgateway_registry_apis")] == 6
+    assert got[key("appgateway_registry_applications")] == 1
+    assert got[key("appgateway_registry_errors")] == 2
+    assert got[key("appgateway_registry_reloads_total", result="ok")] == 1
+    assert got[key("appgateway_registry_reloads_total", result="error")] == 1
+    assert got[key("appgateway_registry_last_sync_timestamp_seconds")] == 1700000000.0
+
+
+def test_instances_do_not_share_state() -> None:
+    a, b = Metrics(), Metrics()
+    a.retry("x", "y")
+    assert key("appgateway_retries_total", app="x", service="y") not in samples(b.render())
+
+
+def test_merge_sums_two_workers() -> None:
+    one, two = Metrics(), Metrics()
+    one.observe_request("proxy", "demo", "open-api", 200, 0.003)
+    one.observe_request("proxy", "demo", "open-api", 200, 0.3)
+    two.observe_request("proxy", "demo", "open-api", 200, 0.02)
+    two.observe_request("compass", "demo", "open-api", 502, 0.02)
+    one.inflight("proxy").inc()
+    two.inflight("proxy").inc()
+    two.inflight("compass").inc()
+    one.token_fetch("oauth", "ok")
+    two.token_fetch("oauth", "ok")
+    one.set_registry(apis=5, applications=1, errors=0)
+    two.set_registry(apis=7, applications=2, errors=3)
+    one.registry_reload("ok", now=1700000000.0)
+    two.registry_reload("ok", now=1800000000.0)
+    merged_text = merge_texts([one.render(), two.render()])
+    merged = samples(merged_text)
+    req = {"listener": "proxy", "app": "demo", "service": "open-api"}
+    compass = {"listener": "compass", "app": "demo", "service": "open-api"}
+    assert merged[key("appgateway_requests_total", code="200", **req)] == 3
+    assert merged[key("appgateway_requests_total", code="502", **compass)] == 1
+    assert merged[key("appgateway_request_duration_seconds_count", **req)] == 3
+    assert merged[key("appgateway_request_duration_seconds_sum", **req)] == pytest.approx(0.323)
+    assert merged[key("appgateway_request_duration_seconds_bucket", le="0.005", **req)] == 1
+    assert merged[key("appgateway_request_duration_seconds_bucket", le="0.025", **req)] == 2
+    assert merged[key("appgateway_request_duration_seconds_bucket", le="+Inf", **req)] == 3
+    assert merged[key("appgateway_request_duration_seconds_count", **compass)] == 1
+    assert merged[key("appgateway_inflight_requests", listener="proxy")] == 2
+    assert merged[key("appgateway_inflight_requests", listener="compass")] == 1
+    assert merged[key("appgateway_token_fetches_total", flavour="oauth", result="ok")] == 2
+    assert merged[key("appgateway_registry_reloads_total", result="ok")] == 2
+    assert merged[key("appgateway_registry_apis")] == 5
+    assert merged[key("appgateway_registry_applications")] == 1
+    assert merged[key("appgateway_registry_errors")] == 0
+    assert merged[key("appgateway_registry_last_sync_timestamp_seconds")] == 1700000000.0
+    assert types(merged_text) == types(one.render())
+
+
+def test_merge_single_worker_is_identity() -> None:
+    m = Metrics()
+    m.observe_request("proxy", "a", "s", 201, 0.5)
+    m.set_registry(apis=1, applications=1, errors=0)
+    assert samples(merge_texts([m.render()])) == samples(m.render())
+
+
+def test_merge_skips_unparsable_worker_output() -> None:
+    m = Metrics()
+    m.retry("a", "s")
+    merged = samples(merge_texts([b"\xff\xfe not text", m.render(), b"metric{ 1 2 3"]))
+    assert merged[key("appgateway_retries_total", app="a", service="s")] == 1
+
+
+def test_merge_nothing() -> None:
+    assert merge_texts([]) == b""

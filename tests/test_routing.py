@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from appgateway.errors import BadRequest, ConfigError, GatewayError, NotFound
+from appgateway.model import API, APIRef, NoAuth, RequestParameters
+from appgateway.routing import (
+    Lookup,
+    Route,
+    host_label_of,
+    route_compass,
+    route_proxy,
+    split_absolute_form,
+)
+from appgateway.urls import parse_target, wire_path
+
+
+def make_api(app: str, service: str, entry: str, target_url: str = "https://t.example/api") -> API:
+    ref = APIRef(
+        app=app,
+        service=service,
+        entry=entry,
+        service_name=service,
+        service_id="id-" + service,
+        display_name=service,
+        entry_name=entry,
+    )
+    return API(
+        ref=ref,
+        target_url=target_url,
+        target=parse_target(target_url),
+        credentials=NoAuth(),
+        csrf_url=None,
+        params=RequestParameters(),
+        skip_verify=False,
+        encode_url=True,
+    )
+
+
+ORDERS = make_api("erp", "orders-api-v2", "sales-orders")
+CUSTOMERS = make_api("erp", "customer-master-data", "customers")
+HOSTED = make_api("erp", "customer-master-data", "customers", "https://crm.example.com/api")
+AMBIGUOUS = BadRequest("failed to get service with name 'erp-dup': multiple services found: x")
+BROKEN = ConfigError("failed to read API for broken service, secret 'x' not found")
+
+
+@dataclass
+class FakeLookup:
+    """Dictionaries standing in for the snapshot indexes; records every lookup it answers."""
+
+    labels: dict[str, API | GatewayError] = field(default_factory=dict)
+    paths: dict[tuple[str, str, str | None], API | GatewayError] = field(default_factory=dict)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def by_host_label(self, label: str) -> API | GatewayError | None:
+        self.calls.append(("host", label))
+        return self.labels.get(label)
+
+    def by_path(self, app: str, service: str, entry: str | None) -> API | GatewayError:
+        self.calls.append(("path", app, service, entry or ""))
+        found = self.paths.get((app, service, entry))
+        if found is not None:
+            return found
+        if entry is None:
+            return NotFound(f"service with name {service} not found")
+        return NotFound(f"service with name {service} and entry name {entry} not found")
+
+
+def lookup() -> FakeLookup:
+    return FakeLookup(
+        labels={"erp-77aa01": HOSTED, "erp-dup": AMBIGUOUS, "erp-broken": BROKEN},
+        paths={
+            ("erp", "orders-api-v2", None): ORDERS,
+            ("erp", "customer-master-data", None): CUSTOMERS,
+            ("erp", "orders-api-v2", "sales-orders"): ORDERS,
+            ("erp", "customer-master-data", "customers"): CUSTOMERS,
+            ("erp", "dup", None): BadRequest("multiple services found"),
+            ("erp", "broken", None): BROKEN,
+        },
+    )
+
+
+def test_fake_lookup_satisfies_protocol() -> None:
+    checked: Lookup = lookup()
+    assert checked.by_host_label("nothing") is None
+
+
+# behaviour.md §2.2 table, proxy listener.
+@pytest.mark.parametrize("path", ["/", "/erp", "/erp/", "/erp//x", "", "//", "///erp/"])
+def test_proxy_path_identifier_errors(path: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        route_proxy(lookup(), None, path)
+    assert info.value.status == 400
+    assert info.value.message == "failed to extract API Identifier from path"
+
+
+@pytest.mark.parametrize(
+    ("path", "rest", "base"),
+    [
+        ("/erp/orders-api-v2", None, "/erp/orders-api-v2"),
+        ("/erp/orders-api-v2/", "", "/erp/orders-api-v2"),
+        ("/erp/orders-api-v2/a/b/", "a/b/", "/erp/orders-api-v2"),
+        ("/erp/orders-api-v2//a", "/a", "/erp/orders-api-v2"),
+        # All leading slashes are stripped; the rest keeps escapes, pre-normalised.
+        ("//erp/orders-api-v2/x", "x", "/erp/orders-api-v2"),
+        ("/erp/orders-api-v2/x|y%2F", "x%7Cy%2F", "/erp/orders-api-v2"),
+        ("/erp/orders-api-v2/caf\xc3\xa9", "caf%C3%A9", "/erp/orders-api-v2"),
+    ],
+)
+def test_proxy_path_routing(path: str, rest: str | None, base: str) -> None:
+    found = lookup()
+    assert route_proxy(found, None, path) == Route(api=ORDERS, rest=rest, mode="path", base=base)
+    assert found.calls == [("path", "erp", "orders-api-v2", "")]
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "message"),
+    [
+        ("/erp/unknown", NotFound, "service with name unknown not found"),
+        ("/other/orders-api-v2", NotFound, "service with name orders-api-v2 not found"),
+        ("/erp/Orders-API-v2", NotFound, "service with name Orders-API-v2 not found"),
+        # Identifiers are compared as received, not decoded.
+        ("/erp/orders%2Dapi-v2", NotFound, "service with name orders%2Dapi-v2 not found"),
+        ("/erp/dup/x", BadRequest, "multiple services found"),
+        ("/erp/broken", ConfigError, BROKEN.message),
+        ("/erp/a%zz/x", BadRequest, "invalid URL escape in request path"),
+        ("/erp/orders-api-v2/%", BadRequest, "invalid URL escape in request path"),
+    ],
+)
+def test_proxy_path_errors(path: str, error: type[GatewayError], message: str) -> None:
+    with pytest.raises(error) as info:
+        route_proxy(lookup(), None, path)
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/erp", "/erp/svc", "/erp/svc/", "/erp//e", "/erp/svc//x", ""]
+)
+def test_compass_identifier_errors(path: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        route_compass(lookup(), path)
+    assert info.value.message == "failed to extract API Identifier from path"
+
+
+@pytest.mark.parametrize(
+    ("path", "rest"),
+    [
+        ("/erp/orders-api-v2/sales-orders", None),
+        ("/erp/orders-api-v2/sales-orders/", ""),
+        ("/erp/orders-api-v2/sales-orders/a/b/", "a/b/"),
+        ("/erp/orders-api-v2/sales-orders//a", "/a"),
+    ],
+)
+def test_compass_routing(path: str, rest: str | None) -> None:
+    found = lookup()
+    route = route_compass(found, path)
+    assert route == Route(
+        api=ORDERS, rest=rest, mode="path", base="/erp/orders-api-v2/sales-orders"
+    )
+    assert found.calls == [("path", "erp", "orders-api-v2", "sales-orders")]
+
+
+def test_compass_not_found_names_entry() -> None:
+    with pytest.raises(NotFound) as info:
+        route_compass(lookup(), "/erp/orders-api-v2/nope/x")
+    assert info.value.message == "service with name orders-api-v2 and entry name nope not found"
+
+
+@pytest.mark.parametrize(
+    ("host", "label"),
+    [
+        ("erp-77aa01.kyma-system.svc.cluster.local", "erp-77aa01"),
+        ("ERP-77AA01.kyma-system", "erp-77aa01"),
+        ("erp-77aa01", "erp-77aa01"),
+        ("erp-77aa01:8080", "erp-77aa01"),
+        ("erp-77aa01.ns:8080", "erp-77aa01"),
+        ("erp-77aa01.", "erp-77aa01"),
+        ("[::1]:8080", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("127.0.0.1:8080", "127"),
+        (" erp-77aa01 ", "erp-77aa01"),
+        ("", None),
+        (":8080", None),
+        (".example", None),
+    ],
+)
+def test_host_label_of(host: str, label: str | None) -> None:
+    assert host_label_of(host) == label
+
+
+@pytest.mark.parametrize(
+    ("path", "rest", "wire"),
+    [
+        ("/customers/42", "/customers/42", "/api/customers/42"),
+        ("/", "/", "/api/"),
+        ("", "/", "/api/"),
+        ("/orders/7", "/orders/7", "/api/orders/7"),
+        ("/x|y/", "/x%7Cy/", "/api/x%7Cy/"),
+        # The whole path is the rest, even when it looks like /{app}/{service}.
+        ("/erp/orders-api-v2/x", "/erp/orders-api-v2/x", "/api/erp/orders-api-v2/x"),
+    ],
+)
+def test_host_routing(path: str, rest: str, wire: str) -> None:
+    found = lookup()
+    route = route_proxy(found, "erp-77aa01.kyma-system.svc.cluster.local", path)
+    assert route == Route(api=HOSTED, rest=rest, mode="host", base="")
+    assert found.calls == [("host", "erp-77aa01")]
+    assert wire_path(route.api.target.path, route.rest, True) == wire
+    assert wire_path(route.api.target.path, route.rest, False) == wire
+
+
+@pytest.mark.parametrize("host", ["erp-dup", "erp-dup.ns.svc:80"])
+def test_host_routing_ambiguous(host: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        route_proxy(lookup(), host, "/erp/orders-api-v2")
+    assert info.value is AMBIGUOUS
+
+
+def test_host_routing_config_error() -> None:
+    with pytest.raises(ConfigError):
+        route_proxy(lookup(), "erp-broken", "/x")
+
+
+@pytest.mark.parametrize(
+    "host", [None, "", "localhost:8080", "127.0.0.1", "other.example", "[::1]:80"]
+)
+def test_host_without_match_falls_back_to_path(host: str | None) -> None:
+    route = route_proxy(lookup(), host, "/erp/customer-master-data/x")
+    assert route == Route(api=CUSTOMERS, rest="x", mode="path", base="/erp/customer-master-data")
+
+
+def test_host_without_match_never_404s_on_its_own() -> None:
+    with pytest.raises(BadRequest) as info:
+        route_proxy(lookup(), "unknown.example", "/")
+    assert info.value.message == "failed to extract API Identifier from path"
+
+
+def test_host_routing_bad_escape() -> None:
+    with pytest.raises(BadRequest) as info:
+        route_proxy(lookup(), "erp-77aa01", "/x%2")
+    assert info.value.message == "invalid URL escape in request path"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://erp-77aa01.ns/customers/42?x=1", ("erp-77aa01.ns", "/customers/42?x=1")),
+        ("http://erp-77aa01:8080", ("erp-77aa01:8080", "/")),
+        ("http://h?x=1", ("h", "/?x=1")),
+        ("HTTP://u:p@h:81/a#frag", ("h:81", "/a")),
+        ("https://[::1]:8443/a", ("[::1]:8443", "/a")),
+        ("http:///a", (None, "/a")),
+        ("*", (None, "*")),
+        ("example.com:443", (None, "example.com:443")),
+        ("/a/b", (None, "/a/b")),
+    ],
+)
+def test_split_absolute_form(target: str, expected: tuple[str | None, str]) -> None:
+    assert split_absolute_form(target) == expected
+
+
+def test_absolute_form_routes_by_authority() -> None:
+    host, origin = split_absolute_form("http://erp-77aa01.kyma-system/customers/42?top=1")
+    route = route_proxy(lookup(), host, origin.partition("?")[0])
+    assert route == Route(api=HOSTED, rest="/customers/42", mode="host", base="")
