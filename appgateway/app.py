@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appgateway.admin import make_admin_app, start_admin
+from appgateway.auth import make_deps
 from appgateway.config import Settings
 from appgateway.demo.api import default_registry_text
 from appgateway.forward import Forwarder
@@ -28,6 +29,7 @@ from appgateway.logs import AccessLog, LogControl
 from appgateway.metrics import Metrics
 from appgateway.registry import Registry
 from appgateway.registry.folder import FolderRegistry
+from appgateway.registry.snapshot import Snapshot
 from appgateway.server import ConnectionTracker, serve
 from appgateway.tls import TlsContexts
 from appgateway.upstream import Upstream
@@ -130,6 +132,14 @@ class Gateway:
             upstream = Upstream(loop)
             stack.callback(upstream.close)
             access = AccessLog(sys.stderr.fileno(), self.log_control)
+            auth = make_deps(
+                upstream=upstream,
+                tls=tls,
+                metrics=self.metrics,
+                clock=time.monotonic,
+                proxy_timeout=settings.proxy_timeout,
+                token_default_ttl=settings.token_default_ttl,
+            )
             forwarder = Forwarder(
                 registry=registry,
                 upstream=upstream,
@@ -137,11 +147,13 @@ class Gateway:
                 settings=settings,
                 access_log=access,
                 metrics=self.metrics,
+                auth=auth,
                 clock=time.perf_counter,
             )
 
-            def on_change(_snapshot: object) -> None:
-                upstream.retain(forwarder.pool_keys())
+            def on_change(snapshot: Snapshot) -> None:
+                forwarder.on_registry_change(snapshot)
+                tls.retain([cert.fingerprint for cert in snapshot.client_certs()])
 
             registry.on_change = on_change
 

@@ -149,8 +149,12 @@ def _routes(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _access_services(args: argparse.Namespace, settings: Settings) -> int:
-    from appgateway.inventory import access_services_yaml
+    from appgateway.inventory import access_services_yaml, parse_selector
 
+    try:
+        parse_selector(args.selector)
+    except ValueError as exc:
+        raise ConfigurationError(f"--selector: {exc}") from None
     snapshot = _load_snapshot(settings)
     sys.stdout.write(
         access_services_yaml(snapshot, args.namespace, args.selector, args.target_port)  # type: ignore[arg-type]
@@ -197,4 +201,4 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-SUPPORTED = {"none", "basic", "params", "host"}
+SUPPORTED = {"none", "basic", "oauth", "csrf", "params", "host"}

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appgateway.auth import Applied, AuthStrategy, make_strategy
+from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
 from appgateway.config import Settings
 from appgateway.errors import GatewayError, NotReady, UpstreamTimeout, UpstreamUnavailable
 from appgateway.headers import (
@@ -27,6 +27,7 @@ from appgateway.logs import AccessLog
 from appgateway.metrics import Metrics
 from appgateway.model import API
 from appgateway.registry import Registry
+from appgateway.registry.snapshot import Snapshot
 from appgateway.rewrite import rewrite_location, rewrite_status, should_rewrite_location
 from appgateway.routing import Route, route_compass, route_proxy, split_absolute_form
 from appgateway.server import ClientGone, Exchange
@@ -69,8 +70,10 @@ class Forwarder:
         settings: Settings,
         access_log: AccessLog,
         metrics: Metrics,
+        auth: AuthDeps,
         clock: Callable[[], float],
     ) -> None:
+        self._auth = auth
         self._registry = registry
         self._upstream = upstream
         self._tls = tls
@@ -97,7 +100,7 @@ class Forwarder:
             self._resolved = {}
         resolved = self._resolved.get(id(api))
         if resolved is None:
-            strategy = make_strategy(api.credentials)
+            strategy = make_strategy(api, self._auth)
             cert = strategy.client_cert
             verify = not api.skip_verify
             target = api.target
@@ -108,8 +111,25 @@ class Forwarder:
             self._resolved[id(api)] = resolved
         return resolved
 
-    def pool_keys(self) -> set[PoolKey]:
-        return {r.pool.key for r in self._resolved.values()}
+    def on_registry_change(self, snapshot: Snapshot) -> None:
+        """Re-resolve lazily, and close pools that no API of the new snapshot uses."""
+        self._snapshot = snapshot
+        self._resolved = {}
+        keys: set[PoolKey] = set()
+        apis = [route.api for route in snapshot.routes if route.api is not None]
+        for api in apis:
+            cert = connection_cert(api.credentials)
+            target = api.target
+            keys.add(
+                (
+                    target.scheme,
+                    target.host,
+                    target.port,
+                    not api.skip_verify,
+                    cert.fingerprint if cert is not None else "",
+                )
+            )
+        self._upstream.retain(keys | retain(self._auth, apis))
 
     # -- pipeline ---------------------------------------------------------------------
     async def _handle(self, ex: Exchange, listener: str) -> None:

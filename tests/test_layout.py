@@ -25,6 +25,7 @@ PURE = [
     "http1",
     "registry/parse",
     "registry/snapshot",
+    "auth/flows",
 ]
 IO_IMPORTS = {"asyncio", "ssl", "socket", "aiohttp", "httptools", "uvloop", "watchfiles", "os"}
 

@@ -218,9 +218,12 @@ class FolderRegistry:
         return self._snapshot
 
     async def start(self) -> None:
+        # watchfiles logs every batch of changes at info; our own `registry updated` suffices.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         snapshot = await asyncio.to_thread(self._loader.load)
         if self._loader.file_count == 0:
-            log.warning("registry folder has no manifests", extra={"fields": self._path_field()})
+            fields = {"path": str(self._loader.root)}
+            log.warning("registry folder has no manifests", extra={"fields": fields})
         self._apply(snapshot or Snapshot())
         self.ready = True
         self._task = asyncio.create_task(self._watch(), name="registry-watch")
@@ -238,12 +241,10 @@ class FolderRegistry:
         except TimeoutError:
             pass  # wait_for has cancelled it
 
-    def _path_field(self) -> dict[str, object]:
-        return {"path": str(self._loader.root)}
-
     async def _watch(self) -> None:
         root = self._loader.root
-        watched = root if root.is_dir() else root.parent
+        recursive = root.is_dir()
+        watched = root if recursive else root.parent  # a file: watch its folder, not below
         polling: bool | None = None
         while not self._stop.is_set():
             try:
@@ -256,22 +257,24 @@ class FolderRegistry:
                     yield_on_timeout=True,
                     force_polling=polling,
                     poll_delay_ms=POLL_MS,
+                    recursive=recursive,
                     ignore_permission_denied=True,
                 ):
                     await self._reload({Path(p) for _, p in changes})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if polling:
-                    log.error("registry watch failed", extra={"fields": {"error": str(exc)}})
+                fields = {"fields": {"error": str(exc)}}
+                if polling:  # even polling fails (the folder is gone): retry slowly
+                    log.error("registry watch failed", extra=fields)
+                    pause = RESCAN_MS / 1000
                 else:
-                    message = "registry watch failed, polling instead"
-                    log.warning(message, extra={"fields": {"error": str(exc)}})
-                    polling = True
+                    log.warning("registry watch failed, polling instead", extra=fields)
+                    polling, pause = True, POLL_MS / 1000
                 try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=POLL_MS / 1000)
+                    await asyncio.wait_for(self._stop.wait(), timeout=pause)
                 except TimeoutError:
-                    pass
+                    await self._reload(())
 
     async def _reload(self, forced: Collection[Path]) -> None:
         """Never raises: a failed reload keeps the last snapshot serving."""
@@ -290,9 +293,11 @@ class FolderRegistry:
     def _apply(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
         for issue in snapshot.issues:
-            level = logging.ERROR if issue.severity == "error" else logging.WARNING
-            fields = {"issue": str(issue), "severity": issue.severity}
-            log.log(level, "registry error", extra={"fields": fields})
+            fields = {"issue": str(issue)}
+            if issue.severity == "error":
+                log.error("registry error", extra={"fields": fields})
+            else:
+                log.warning("registry warning", extra={"fields": fields})
         counts = {
             "apis": snapshot.api_count,
             "applications": snapshot.application_count,

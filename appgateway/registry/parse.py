@@ -160,11 +160,14 @@ def parse_file(name: str, data: bytes) -> ParseResult:
     except yaml.YAMLError as exc:
         return file_error(name, _yaml_reason(exc))
     except RecursionError:
-        return file_error(name, "invalid YAML: nested too deeply")
+        return file_error(name, "nested too deeply")
     out = _Output()
-    for number, doc in documents:
-        if doc is not None:
-            _document(doc, f"{name}#{number}", out)
+    try:
+        for number, doc in documents:
+            if doc is not None:
+                _document(doc, f"{name}#{number}", out)
+    except RecursionError:  # Lists nested thousands deep
+        return file_error(name, "nested too deeply")
     return ParseResult(tuple(out.objects), tuple(out.issues), tuple(out.rejected))
 
 

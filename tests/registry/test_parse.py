@@ -79,7 +79,9 @@ items:
         id="not-a-mapping-numbered-after-empty-doc",
     ),
     pytest.param("x.yaml", "a: 1\n", ["x.yaml#1: kind: is required"], id="no-kind"),
-    pytest.param("x.yaml", "kind: [Secret]\n", ["x.yaml#1: kind: must be a string"], id="kind-type"),
+    pytest.param(
+        "x.yaml", "kind: [Secret]\n", ["x.yaml#1: kind: must be a string"], id="kind-type"
+    ),
     pytest.param(
         "x.yaml",
         "kind: Application\nmetadata: {name: erp}\n",
@@ -182,7 +184,10 @@ spec:
     pytest.param(
         "s.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YWJj, b: 'YW Jj', c: YWJ}\n",
-        ["s.yaml#1: Secret/s: data.b: invalid base64", "s.yaml#1: Secret/s: data.c: invalid base64"],
+        [
+            "s.yaml#1: Secret/s: data.b: invalid base64",
+            "s.yaml#1: Secret/s: data.c: invalid base64",
+        ],
         id="strict-base64",
     ),
     pytest.param(
@@ -193,8 +198,11 @@ spec:
     ),
     pytest.param(
         "x.yaml",
-        "a: 1\n---\nb: [\n",
-        ["x.yaml: invalid YAML at line 3, column 1: expected the node content in flow context"],
+        "a: 1\n---\nb: c: d\n",
+        [
+            "x.yaml: invalid YAML at line 3, column 5: "
+            "mapping values are not allowed in this context"
+        ],
         id="yaml-syntax",
     ),
     pytest.param(
@@ -230,8 +238,11 @@ def test_bad_documents(name: str, text: str, expected: list[str] | None) -> None
             False,
             [("Secret", "ns", "s")],
         ),
-        ("apiVersion: v1\nkind: Secret\nmetadata: {name: 'Bad Name'}\ndata: [1]\n", False,
-         [("Secret", "", "Bad Name")]),  # fmt: skip
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: 'Bad Name'}\ndata: [1]\n",
+            False,
+            [("Secret", "", "Bad Name")],
+        ),
         ("apiVersion: v1\nkind: Secret\ndata: [1]\n", False, []),
     ],
 )
@@ -258,7 +269,8 @@ def test_application_tree() -> None:
     result = parse(
         "apps.yaml",
         """\
-        # a comment document is skipped
+        ---
+        # an empty document is skipped, but counted
         ---
         apiVersion: applicationconnector.kyma-project.io/v1alpha1
         kind: Application
@@ -318,9 +330,13 @@ def test_application_tree() -> None:
                             request_parameters_secret_name="params",
                         ),
                         EntryDoc(
-                            "spec.services[0].entries[1]", "Events", "events", "",
-                            CredentialsDoc(), "",
-                        ),  # fmt: skip
+                            "spec.services[0].entries[1]",
+                            "Events",
+                            "events",
+                            "",
+                            CredentialsDoc(),
+                            "",
+                        ),
                     ),
                 ),
                 ServiceDoc(
@@ -329,10 +345,22 @@ def test_application_tree() -> None:
                     name="",
                     display_name="Bare",
                     entries=(
-                        EntryDoc("spec.services[1].entries[0]", "API", "", "http://x",
-                                 CredentialsDoc(), ""),  # fmt: skip
-                        EntryDoc("spec.services[1].entries[1]", "API", "", "http://x",
-                                 CredentialsDoc(csrf_url=""), ""),  # fmt: skip
+                        EntryDoc(
+                            "spec.services[1].entries[0]",
+                            "API",
+                            "",
+                            "http://x",
+                            CredentialsDoc(),
+                            "",
+                        ),
+                        EntryDoc(
+                            "spec.services[1].entries[1]",
+                            "API",
+                            "",
+                            "http://x",
+                            CredentialsDoc(csrf_url=""),
+                            "",
+                        ),
                     ),
                 ),
             ),
@@ -384,8 +412,12 @@ def test_secrets_union_string_data_wins_and_other_kinds_ignored() -> None:
     )
     assert result.issues == ()
     assert result.objects == (
-        SecretDoc("s.yaml#1", "s1", None, {"a": b"aaa", "b": b"from-string-data", "empty": b"",
-                                           "c": b"ccc"}),  # fmt: skip
+        SecretDoc(
+            "s.yaml#1",
+            "s1",
+            None,
+            {"a": b"aaa", "b": b"from-string-data", "empty": b"", "c": b"ccc"},
+        ),
         SecretDoc("s.yaml#5", "s2", "kyma-system", {}),
     )
 
@@ -447,3 +479,11 @@ def test_merge_valid_definition_elsewhere_beats_previous() -> None:
     rejected = ParseResult((), (), rejected=(("Secret", "", "s"),))
     merged = merge([rejected, ParseResult((moved,), ())], {object_key(old): old})
     assert merged.objects == (moved,)
+
+
+@pytest.mark.parametrize("depth", [3000])
+def test_absurd_nesting_fails_the_file(depth: int) -> None:
+    text = '{"apiVersion": "v1", "kind": "List", "items": [' * depth + "1" + "]}" * depth
+    result = parse("deep.json", text)
+    assert result.failed
+    assert [str(i) for i in result.issues] == ["deep.json: nested too deeply"]

@@ -1,0 +1,306 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from appgateway.model import API, BasicAuth
+from appgateway.registry import RegistryError
+from appgateway.registry.folder import FolderRegistry, load_snapshot
+from appgateway.registry.snapshot import Snapshot
+from appgateway.tls import load_client_cert
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "registry"
+APPLY_WITHIN = 2.0  # registry.md §4: changes apply within 2 s
+
+
+def app_yaml(name: str = "erp", service: str = "Orders", secret: str = "creds") -> str:
+    return f"""\
+apiVersion: applicationconnector.kyma-project.io/v1alpha1
+kind: Application
+metadata: {{name: {name}}}
+spec:
+  services:
+    - id: "1"
+      displayName: {service}
+      entries:
+        - type: API
+          targetUrl: https://{name}.example/api
+          credentials: {{type: Basic, secretName: {secret}}}
+"""
+
+
+def secret_yaml(name: str = "creds", user: str = "alice") -> str:
+    return f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {{username: {user}, password: pw}}
+"""
+
+
+Factory = Callable[[Path], Awaitable[FolderRegistry]]
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Factory]:
+    registries: list[FolderRegistry] = []
+
+    async def start(path: Path) -> FolderRegistry:
+        registry = FolderRegistry(path, secrets_namespace="kyma-system")
+        registries.append(registry)
+        await registry.start()
+        return registry
+
+    yield start
+    for registry in registries:
+        await registry.stop()
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + APPLY_WITHIN
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not applied within {APPLY_WITHIN} s")
+        await asyncio.sleep(0.02)
+
+
+def user(snapshot: Snapshot, app: str = "erp", service: str = "orders") -> str | None:
+    result = snapshot.by_path(app, service, None)
+    if not isinstance(result, API) or not isinstance(result.credentials, BasicAuth):
+        return None
+    return result.credentials.username
+
+
+def issue_texts(snapshot: Snapshot) -> list[str]:
+    return [str(i) for i in snapshot.issues]
+
+
+async def test_initial_load_logs_and_ready(
+    started: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appgateway.registry")
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "secrets.yml").write_text(secret_yaml())
+    (tmp_path / "notes.txt").write_text("not a manifest: [")
+    (tmp_path / ".hidden.yaml").write_text("broken: [")
+    registry = await started(tmp_path)
+    assert registry.ready
+    assert user(registry.snapshot()) == "alice"
+    assert registry.parse_count == 2
+    updated = [r for r in caplog.records if r.getMessage() == "registry updated"]
+    assert [r.fields for r in updated] == [{"apis": 1, "applications": 1, "errors": 0}]  # type: ignore[attr-defined]
+
+
+async def test_missing_folder_is_a_registry_error(tmp_path: Path) -> None:
+    registry = FolderRegistry(tmp_path / "nope", secrets_namespace="kyma-system")
+    with pytest.raises(RegistryError, match="does not exist"):
+        await registry.start()
+    assert not registry.ready
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+async def test_unreadable_folder_is_a_registry_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        with pytest.raises(RegistryError, match="not readable"):
+            await FolderRegistry(locked, secrets_namespace="kyma-system").start()
+    finally:
+        locked.chmod(0o700)
+
+
+async def test_empty_folder_warns_and_is_ready(
+    started: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appgateway.registry")
+    registry = await started(tmp_path)
+    assert registry.ready and registry.snapshot().routes == ()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["registry folder has no manifests"]
+
+
+async def test_add_change_delete_apply_quickly(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    changes: list[Snapshot] = []
+    registry.on_change = changes.append
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    await eventually(lambda: user(registry.snapshot()) == "alice")
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="bob"))
+    await eventually(lambda: user(registry.snapshot()) == "bob")
+    (tmp_path / "apps.yaml").unlink()
+    await eventually(lambda: registry.snapshot().routes == ())
+    assert changes[-1] is registry.snapshot()
+    assert len(changes) >= 3
+
+
+async def test_same_size_rewrite_is_seen(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="aaaa"))
+    registry = await started(tmp_path)
+    for name in ("bbbb", "cccc", "dddd"):
+        (tmp_path / "secrets.yaml").write_text(secret_yaml(user=name))
+        await eventually(lambda name=name: user(registry.snapshot()) == name)  # type: ignore[misc]
+
+
+async def test_broken_yaml_keeps_previous_state(
+    started: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appgateway.registry")
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    (tmp_path / "apps.yaml").write_text(app_yaml() + "  oops: [\n")
+    await eventually(lambda: registry.snapshot().error_count == 1)
+    snapshot = registry.snapshot()
+    assert user(snapshot) == "alice"
+    assert issue_texts(snapshot)[0].startswith("apps.yaml: invalid YAML at line")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["registry error"]
+    assert errors[0].fields["issue"].startswith("apps.yaml: invalid YAML")  # type: ignore[attr-defined]
+    # Fixing the file clears the problem.
+    (tmp_path / "apps.yaml").write_text(app_yaml(service="Orders2"))
+    await eventually(lambda: user(registry.snapshot(), service="orders2") == "alice")
+    assert registry.snapshot().issues == ()
+
+
+async def test_invalid_document_keeps_previous_version(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    broken = secret_yaml(user="bob") + "data: {extra: '***'}\n---\n" + secret_yaml("new", "x")
+    (tmp_path / "secrets.yaml").write_text(broken)
+    await eventually(lambda: registry.snapshot().error_count == 1)
+    assert user(registry.snapshot()) == "alice"  # the previous valid version stays
+    assert issue_texts(registry.snapshot()) == [
+        "secrets.yaml#1: Secret/creds: data.extra: invalid base64"
+    ]
+    # An object that never had a valid version is absent.
+    (tmp_path / "more.yaml").write_text(app_yaml("other", secret="never") + "  bad: 1\n")
+    (tmp_path / "secrets.yaml").write_text(secret_yaml("never") + "data: [x]\n")
+    await eventually(lambda: any("Secret/never" in t for t in issue_texts(registry.snapshot())))
+    assert user(registry.snapshot(), app="other") is None
+    assert user(registry.snapshot()) is None  # `creds` is gone: its file no longer defines it
+
+
+async def test_rename_replace(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    temp = tmp_path / ".secrets.yaml.tmp"
+    temp.write_text(secret_yaml(user="carol"))
+    os.replace(temp, tmp_path / "secrets.yaml")
+    await eventually(lambda: user(registry.snapshot()) == "carol")
+
+
+async def test_configmap_style_symlink_swap(started: Factory, tmp_path: Path) -> None:
+    """A mounted ConfigMap: files are links into `..data`, which is swapped atomically."""
+    first = tmp_path / "..2024_01_01"
+    first.mkdir()
+    (first / "apps.yaml").write_text(app_yaml())
+    (first / "secrets.yaml").write_text(secret_yaml())
+    (tmp_path / "..data").symlink_to(first.name)
+    for name in ("apps.yaml", "secrets.yaml"):
+        (tmp_path / name).symlink_to(f"..data/{name}")
+    registry = await started(tmp_path)
+    assert user(registry.snapshot()) == "alice"
+    assert registry.snapshot().issues == ()  # each file read once, no duplicates
+
+    second = tmp_path / "..2024_01_02"
+    second.mkdir()
+    (second / "apps.yaml").write_text(app_yaml())
+    (second / "secrets.yaml").write_text(secret_yaml(user="dave"))
+    (tmp_path / "..data_tmp").symlink_to(second.name)
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    shutil.rmtree(first)
+    await eventually(lambda: user(registry.snapshot()) == "dave")
+
+
+async def test_duplicate_names_first_file_wins(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(app_yaml() + "---\n" + secret_yaml())
+    (tmp_path / "b.yaml").write_text(secret_yaml(user="second"))
+    registry = await started(tmp_path)
+    assert user(registry.snapshot()) == "alice"
+    assert issue_texts(registry.snapshot()) == [
+        "b.yaml#1: Secret/creds: metadata.name: duplicate name, first defined in a.yaml#2"
+    ]
+
+
+async def test_only_the_changed_file_is_parsed_again(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    for i in range(5):
+        (tmp_path / f"other{i}.yaml").write_text(app_yaml(f"app{i}"))
+    registry = await started(tmp_path)
+    assert registry.parse_count == 7
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="erin"))
+    await eventually(lambda: user(registry.snapshot()) == "erin")
+    await asyncio.sleep(0.3)  # let any further events settle
+    assert registry.parse_count == 8
+
+
+async def test_single_file(started: Factory, tmp_path: Path) -> None:
+    path = tmp_path / "all.yaml"
+    path.write_text(app_yaml() + "---\n" + secret_yaml())
+    (tmp_path / "other.yaml").write_text(secret_yaml("x"))
+    registry = await started(path)
+    assert user(registry.snapshot()) == "alice"
+    assert registry.parse_count == 1
+    path.write_text(app_yaml() + "---\n" + secret_yaml(user="frank"))
+    await eventually(lambda: user(registry.snapshot()) == "frank")
+
+
+async def test_stop_is_prompt(started: Factory, tmp_path: Path) -> None:
+    registry = await started(tmp_path)
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    await registry.stop()
+    assert loop.time() - begin < 1.0
+    await registry.stop()  # idempotent
+
+
+def test_load_snapshot_of_fixture() -> None:
+    snapshot = load_snapshot(
+        FIXTURES / "example", secrets_namespace="kyma-system", load_cert=load_client_cert
+    )
+    assert snapshot.issues == ()
+    assert (snapshot.application_count, snapshot.api_count) == (1, 2)
+
+
+async def test_polling_mode_applies_within_two_seconds(
+    started: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where inotify is unavailable the folder is polled every second."""
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    registry = await started(tmp_path)
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="gina"))
+    await eventually(lambda: user(registry.snapshot()) == "gina")
+
+
+async def test_warnings_are_logged_once_per_change(
+    started: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="appgateway.registry")
+    (tmp_path / "apps.yaml").write_text(app_yaml().replace("Basic", "Custom"))
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    await registry.stop()  # no further reloads
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [(r.getMessage(), r.fields) for r in warnings] == [  # type: ignore[attr-defined]
+        (
+            "registry warning",
+            {
+                "issue": "apps.yaml#1: Application/erp: spec.services[0].entries[0]"
+                ".credentials.type: unknown type 'Custom': requests are sent without auth"
+            },
+        )
+    ]
