@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import httptools
 
 from appgateway import http1
-from appgateway.errors import GatewayError
+from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import Headers
 from appgateway.upstream import BodySource
 
@@ -57,6 +57,7 @@ class Exchange(BodySource):
         "_chunks",
         "_buffered",
         "body_complete",
+        "_body_error",
         "_waiter",
         "_continue_sent",
         "_body_allowed",
@@ -84,6 +85,7 @@ class Exchange(BodySource):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self.body_complete = False
+        self._body_error: GatewayError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._continue_sent = False
         self._body_allowed = True
@@ -107,6 +109,10 @@ class Exchange(BodySource):
         self.body_complete = True
         self._wake()
 
+    def _fail(self, error: GatewayError) -> None:
+        self._body_error = error
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -124,6 +130,8 @@ class Exchange(BodySource):
                 return data
             if self.body_complete:
                 return b""
+            if self._body_error is not None:
+                raise self._body_error
             if conn.closed:
                 raise ClientGone("caller closed the connection during the request body")
             if self.expect_continue and not self._continue_sent:
@@ -239,6 +247,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: Headers = []
         self._head_size = 0
         self._parsing: Exchange | None = None
+        self._last: Exchange | None = None
         self._active: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._queue: deque[Exchange] = deque()
@@ -247,6 +256,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._pending_error: bytes | None = None
+        self._rejected: tuple[int, str] | None = None
+        self._broken = False
         self._eof = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -256,16 +267,19 @@ class ClientConnection(asyncio.Protocol):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._pending_error is not None:
+        if self._broken:
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :] if exc.args else b"")
-        except _HeadTooLarge:
-            self._protocol_error(431, "request header fields too large")
         except httptools.HttpParserError as exc:
-            self._protocol_error(400, f"malformed request: {_parser_message(exc)}")
+            # httptools wraps exceptions raised in callbacks; ours leave their reason here.
+            rejected = self._rejected
+            if rejected is not None:
+                self._protocol_error(*rejected)
+            else:
+                self._protocol_error(400, f"malformed request: {_parser_message(exc)}")
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -306,17 +320,25 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
         self._head_size += len(url)
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge()
+            self._reject(431, "request header fields too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge()
+            self._reject(431, "request header fields too large")
         self._headers.append((name, value))
+
+    def _reject(self, status: int, message: str) -> None:
+        self._rejected = (status, message)
+        raise _Rejected(message)
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         parser = self._parser
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            self._reject(400, "malformed request: unsupported HTTP version")
+        if parser.get_method() == b"CONNECT":
+            self._reject(405, "CONNECT is not supported")
         exchange = Exchange(self, parser.get_method(), self._url, self._headers)
         exchange.http11 = parser.get_http_version() == "1.1"
         exchange.keep_alive = bool(parser.should_keep_alive()) and not self._eof
@@ -331,6 +353,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange.content_length == 0:
             exchange.body_complete = True
         self._parsing = exchange
+        self._last = exchange
         if self._active is None:
             self._start(exchange)
         else:
@@ -397,9 +420,9 @@ class ClientConnection(asyncio.Protocol):
         An `Upgrade` GET is proxied as a plain request (the header is hop-by-hop and is
         removed), and the connection closes after the answer. CONNECT gets 405.
         """
-        exchange = self._active if self._parsing is None else self._parsing
-        if self._parser.get_method() == b"CONNECT" or exchange is None:
-            self._protocol_error(405, "CONNECT is not supported")
+        exchange = self._last
+        if exchange is None:
+            self._protocol_error(400, "malformed request: unexpected upgrade")
             return
         exchange.keep_alive = False
         if exchange.has_body and not exchange.body_complete:
@@ -410,17 +433,21 @@ class ClientConnection(asyncio.Protocol):
         self.pause_reading()
 
     def _protocol_error(self, status: int, message: str) -> None:
-        """A malformed request: answer after the requests already accepted, then close."""
+        """A malformed request: answer after the requests already accepted, then close.
+
+        When the head was accepted but its body framing is broken, that exchange's body
+        reader fails instead, so its handler answers 400 (or cuts a started response) and
+        nothing half-read is ever forwarded as if it were complete.
+        """
+        self._broken = True
         self.pause_reading()
         self._cancel_head_timer()
-        data = http1.simple_error(status, message)
-        if self._parsing is not None and self._parsing is self._active:
-            # The request being answered is itself broken (bad body framing).
-            self._parsing._feed_eof()
-            if self._active.started:
-                self.abort()
-                return
+        parsing = self._parsing
         self._parsing = None
+        if parsing is not None:
+            parsing._fail(BadRequest(message))
+            return
+        data = http1.simple_error(status, message)
         if self._active is None and not self._queue:
             self.write(data)
             self.close()
@@ -488,8 +515,8 @@ class ClientConnection(asyncio.Protocol):
         return self._active is None and not self._queue
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _Rejected(Exception):
+    """Raised inside a parser callback to stop parsing; the reason is kept on the protocol."""
 
 
 def _parser_message(exc: Exception) -> str:

@@ -208,6 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchange ---------------------------------------------------------------------
     def begin(self, method: bytes) -> asyncio.Future[None]:
         self.in_use = True
+        self.got_bytes = False
         self._head_request = method == b"HEAD"
         self.status = 0
         self.reason = b""

@@ -192,6 +192,24 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def foreign_ticks() -> int:
+    """CPU ticks, reaped children included, of every process outside this script's own tree.
+
+    Other work on the machine skews a round; the difference over a round says how much there was.
+    """
+    ours = set(process_tree(os.getpid()))
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in ours:
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks
+
+
 def core_busy() -> dict[int, tuple[int, int]]:
     """Per-core (busy, total) jiffies from /proc/stat, to show which core saturated."""
     out: dict[int, tuple[int, int]] = {}
@@ -291,6 +309,7 @@ class Round:
     errors: int
     non_2xx: int
     access_log_lines: int | None
+    other_cpu_s: float
 
 
 @dataclass
@@ -369,9 +388,9 @@ def measure(name: str, index: int, opts: Options, work: Path, upstream_port: int
         url = f"http://127.0.0.1:{port}{ROUTE_PATH}"
         if opts.warmup > 0:
             run_wrk(opts.load_core, url, opts.connections, opts.warmup)
-        cpu_before, cores_before = cpu_seconds(proc.pid), core_busy()
+        cpu_before, cores_before, other_before = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
         result = run_wrk(opts.load_core, url, opts.connections, opts.duration)
-        cpu_after, cores_after = cpu_seconds(proc.pid), core_busy()
+        cpu_after, cores_after, other_after = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{name} died during the round:\n{proc.log_tail()}")
     log_lines = count_access_lines(proc.log_path) if name == "gateway" else None
@@ -391,6 +410,7 @@ def measure(name: str, index: int, opts: Options, work: Path, upstream_port: int
         errors=result.errors,
         non_2xx=result.non_2xx,
         access_log_lines=log_lines,
+        other_cpu_s=max(0, other_after - other_before) / CLK_TCK,
     )
 
 
@@ -407,7 +427,8 @@ def count_access_lines(path: Path) -> int:
 
 HEADER = (
     f"{'round':>5} {'proxy':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu s':>7} "
-    f"{'req/cpu-s':>10} {'core P%':>8} {'core L%':>8} {'errors':>7} {'log lines':>10}"
+    f"{'req/cpu-s':>10} {'core P%':>8} {'core L%':>8} {'errors':>7} {'log lines':>10} "
+    f"{'other s':>8}"
 )
 
 
@@ -417,7 +438,7 @@ def format_round(r: Round) -> str:
     return (
         f"{r.round:>5} {r.proxy:<8} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
         f"{r.cpu_s:>7.2f} {r.req_per_cpu_s:>10.0f} {r.proxy_core_busy:>8.0f} "
-        f"{r.load_core_busy:>8.0f} {errors:>7} {log_lines:>10}"
+        f"{r.load_core_busy:>8.0f} {errors:>7} {log_lines:>10} {r.other_cpu_s:>8.2f}"
     )
 
 
@@ -499,6 +520,14 @@ def print_summary(report: Report) -> None:
         print(
             f"gateway/go: {report.ratio_rps:.2f} wall-clock req/s, "
             f"{report.ratio_req_per_cpu_s:.2f} req per CPU-second (target >= 1.0: {verdict})"
+        )
+    sys.stdout.flush()
+    busy = [r for r in report.rounds if r.other_cpu_s > 0.05 * r.cpu_s]
+    if busy:
+        print(
+            f"WARNING: other processes used CPU during {len(busy)} round(s) ('other s'); "
+            "the machine was not idle",
+            file=sys.stderr,
         )
     if any(r.errors or r.non_2xx for r in report.rounds):
         print("WARNING: some rounds had socket errors or non-2xx answers", file=sys.stderr)

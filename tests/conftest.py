@@ -236,6 +236,7 @@ class RawServer:
         self.handler = handler or self._keep_alive
         self.ssl_context = ssl_context
         self.requests: list[Seen] = []
+        self.errors: list[BaseException] = []
         self.connections = 0
         self.closed_connections = 0
         self.port = 0
@@ -276,6 +277,8 @@ class RawServer:
             await self.handler(conn)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
+        except Exception as exc:  # a broken test script: fail the test at teardown
+            self.errors.append(exc)
         except asyncio.CancelledError:
             # Only close() cancels. Ending normally matters: Python 3.11's start_server
             # callback calls task.exception() on the finished task, which raises for a
@@ -288,17 +291,22 @@ class RawServer:
             writer.transport.abort()
 
     async def _keep_alive(self, conn: Connection) -> None:
-        while True:
-            seen = await conn.request()
-            if seen is None:
-                return
-            data = await self.respond(seen)
-            if data is None:
-                return
-            await conn.send(data)
-            head = data.partition(b"\r\n\r\n")[0].lower()
-            if b"\r\nconnection: close" in head:
-                return
+        await serve_requests(conn, self.respond)
+
+
+async def serve_requests(conn: Connection, respond: Respond) -> None:
+    """Answer requests on `conn` until EOF, a None answer, or a `Connection: close` answer."""
+    while True:
+        seen = await conn.request()
+        if seen is None:
+            return
+        data = await respond(seen)
+        if data is None:
+            return
+        await conn.send(data)
+        head = data.partition(b"\r\n\r\n")[0].lower()
+        if b"\r\nconnection: close" in head:
+            return
 
 
 ServerFactory = Callable[..., Awaitable[RawServer]]
@@ -322,6 +330,8 @@ async def servers() -> AsyncIterator[ServerFactory]:
     yield start
     for server in started:
         await server.close()
+    errors = [error for server in started for error in server.errors]
+    assert errors == [], f"test server handler failed: {errors!r}"
 
 
 # -- the raw client ---------------------------------------------------------------------------
@@ -338,8 +348,8 @@ class Client:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def response(self, *, method: str = "GET", timeout: float = 5.0) -> Response:
-        return await asyncio.wait_for(read_response(self.reader, method=method), timeout)
+    async def response(self, *, method: str = "GET", within: float = 5.0) -> Response:
+        return await asyncio.wait_for(read_response(self.reader, method=method), within)
 
     async def request(
         self,
@@ -351,9 +361,9 @@ class Client:
         await self.send(request_bytes(method, target, headers, body))
         return await self.response(method=method)
 
-    async def eof(self, timeout: float = 5.0) -> bytes:
+    async def eof(self, within: float = 5.0) -> bytes:
         """Everything until the peer closes."""
-        return await asyncio.wait_for(self.reader.read(), timeout)
+        return await asyncio.wait_for(self.reader.read(), within)
 
     def close(self) -> None:
         self.writer.transport.abort()

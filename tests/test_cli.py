@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from appgateway import __version__
-from appgateway.cli import main
+from appgateway import __version__, cli
 from appgateway.inventory import ROUTE_KEYS
 from tests.conftest import write_registry
 
 BASE = "http://127.0.0.1:9"
+
+
+def main(argv: list[str]) -> int:
+    """`cli.main` on a worker thread.
+
+    `routes` and `access-services` call asyncio.run, which on the main thread would clear the
+    event loop pytest-asyncio keeps there and leave it to the garbage collector unclosed (a
+    ResourceWarning that then fails whichever test is running).
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(cli.main, argv).result()
+
 
 BROKEN_YAML = """\
 apiVersion: applicationconnector.kyma-project.io/v1alpha1

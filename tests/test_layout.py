@@ -38,8 +38,13 @@ def _modules() -> list[Path]:
     )
 
 
+# Parsed once at collection: CPython 3.11's ast.parse can fail with "recursion depth
+# mismatch" after another test (hypothesis) has changed the recursion limit.
+_TREES = {p: ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+
+
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = _TREES[path]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -52,7 +57,7 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("name", PURE)
 def test_pure_module_has_no_io(name: str) -> None:
     path = PACKAGE / f"{name}.py"
-    tree = ast.parse(path.read_text())
+    tree = _TREES[path]
     assert not any(isinstance(n, ast.Await | ast.AsyncFunctionDef) for n in ast.walk(tree))
     roots = {imported.split(".")[0] for imported in _imports(path)}
     assert not roots & IO_IMPORTS, f"{name} imports {roots & IO_IMPORTS}"

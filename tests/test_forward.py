@@ -1,0 +1,654 @@
+"""The pipeline in-process: real listeners (`serve`) in front of a `Forwarder`, a real folder
+registry, and a recording upstream server. Multi-step exchanges are checked as the ordered
+list of requests the upstream received (architecture.md "Tests")."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from appgateway.auth import make_deps
+from appgateway.config import Settings
+from appgateway.forward import Forwarder
+from appgateway.logs import AccessLog, setup_logging
+from appgateway.metrics import Metrics
+from appgateway.registry.folder import FolderRegistry
+from appgateway.server import ConnectionTracker, serve
+from appgateway.tls import TlsContexts
+from appgateway.upstream import Upstream
+from tests.conftest import (
+    BASIC_ALICE,
+    Client,
+    ClientFactory,
+    Connection,
+    Handler,
+    RawServer,
+    Response,
+    Seen,
+    ServerFactory,
+    echo_body,
+    request_bytes,
+    response,
+    write_registry,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+JSON = "application/json;charset=UTF-8"
+
+
+class MockAPI:
+    """The external API's behaviour, chosen by a path segment below the target path."""
+
+    def __init__(self) -> None:
+        self.auth401: dict[str, int] = {}
+
+    async def __call__(self, seen: Seen) -> bytes | None:
+        segments = seen.path.split("/")
+        if "status" in segments:
+            code = int(segments[segments.index("status") + 1])
+            extra = [("X-Mock", "1"), ("Target-System-Status", "stale")]
+            return response(code, f"upstream says {code}".encode(), extra)
+        if "redirect" in segments:
+            location = parse_qs(urlsplit(seen.target).query)["location"][0]
+            return response(302, b"moved", [("Location", location)])
+        if "auth401" in segments:
+            key = segments[segments.index("auth401") + 1]
+            self.auth401[key] = self.auth401.get(key, 0) + 1
+            if self.auth401[key] == 1:
+                return response(401, b"denied", [("WWW-Authenticate", "Basic")])
+        if "always401" in segments:
+            return response(401, b"denied")
+        if "chunked" in segments:
+            body = b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+            return response(200, body, [("Transfer-Encoding", "chunked")], length=False)
+        return response(200, echo_body(seen), [("Content-Type", "application/json")])
+
+
+@dataclass
+class Rig:
+    """One gateway pipeline and its upstream, all on the test's loop."""
+
+    api: RawServer
+    proxy_port: int
+    compass_port: int
+    metrics: Metrics
+    log: io.StringIO
+    clients: ClientFactory
+    forwarder: Forwarder
+
+    async def call(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+        *,
+        listener: str = "proxy",
+    ) -> Response:
+        client = await self.clients(self.port(listener))
+        return await client.request(method, target, headers or [("Host", "gw")], body)
+
+    def port(self, listener: str) -> int:
+        return self.proxy_port if listener == "proxy" else self.compass_port
+
+    def access(self) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
+        return [line for line in lines if line.get("logger") == "access"]
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        text = self.metrics.render().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return None
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    return sock
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+DEAD_APP = """\
+apiVersion: applicationconnector.kyma-project.io/v1alpha1
+kind: Application
+metadata: {{name: dead}}
+spec:
+  services:
+    - displayName: gone
+      entries: [{{type: API, name: gone, targetUrl: "http://127.0.0.1:{port}/x"}}]
+"""
+
+
+@pytest.fixture
+async def make_rig(
+    servers: ServerFactory, clients: ClientFactory, registry_dir: Path
+) -> AsyncIterator[MakeRig]:
+    """The whole set-up of the pipeline, in one place: a constructor change is fixed here.
+
+    `await make_rig(handler=..., start_registry=..., **settings)`.
+    """
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    root = logging.getLogger()
+    level = root.level
+
+    async def make(
+        *, handler: Handler | None = None, start_registry: bool = True, **overrides: Any
+    ) -> Rig:
+        api = await servers(MockAPI(), handler=handler)
+        write_registry(registry_dir, api.base)
+        (registry_dir / "dead.yaml").write_text(DEAD_APP.format(port=_free_port()))
+        values: dict[str, Any] = {
+            "registry": registry_dir,
+            "proxy_timeout": 2.0,
+            "idle_timeout": 2.0,
+            "request_timeout": 5.0,
+            "retry_body_limit": 1024,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        loop = asyncio.get_running_loop()
+        registry = FolderRegistry(registry_dir, secrets_namespace=settings.secrets_namespace)
+        if start_registry:
+            await registry.start()
+        cleanups.append(registry.stop)
+        log = io.StringIO()
+        control = setup_logging("info", log)
+        upstream = Upstream(loop)
+        tls = TlsContexts()
+        metrics = Metrics()
+        forwarder = Forwarder(
+            registry=registry,
+            upstream=upstream,
+            tls=tls,
+            settings=settings,
+            access_log=AccessLog(log, control),
+            metrics=metrics,
+            auth=make_deps(
+                upstream=upstream,
+                tls=tls,
+                metrics=metrics,
+                clock=time.monotonic,
+                proxy_timeout=settings.proxy_timeout,
+                token_default_ttl=settings.token_default_ttl,
+            ),
+            clock=time.perf_counter,
+        )
+        registry.on_change = forwarder.on_registry_change
+        ports: list[int] = []
+        for handle in (forwarder.handle_proxy, forwarder.handle_compass):
+            sock = _listening_socket()
+            tracker = ConnectionTracker()
+            server = await serve(
+                loop,
+                handle,
+                sock,
+                request_timeout=settings.request_timeout,
+                idle_timeout=settings.idle_timeout,
+                tracker=tracker,
+            )
+            ports.append(sock.getsockname()[1])
+
+            async def stop(
+                server: asyncio.Server = server, tracker: ConnectionTracker = tracker
+            ) -> None:
+                server.close()
+                tracker.abort_all()
+                await server.wait_closed()
+
+            cleanups.append(stop)
+
+        async def close_rest() -> None:
+            upstream.close()
+            control.close()
+
+        cleanups.append(close_rest)
+        return Rig(api, ports[0], ports[1], metrics, log, clients, forwarder)
+
+    yield make
+    for cleanup in reversed(cleanups):
+        await cleanup()
+    await asyncio.sleep(0.01)
+    root.setLevel(level)
+
+
+@pytest.fixture
+async def rig(make_rig: MakeRig) -> Rig:
+    return await make_rig()
+
+
+def upstream_headers(seen: Seen) -> list[tuple[str, str]]:
+    return [(n, v) for n, v in seen.headers if n.lower() != "host"]
+
+
+def error_of(resp: Response) -> object:
+    assert resp.value("Content-Type") == JSON
+    return resp.json()
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listener", "target", "host", "upstream_target"),
+    [
+        ("proxy", "/shop/orders/items/1?x=1", "gw", "/api/items/1?x=1"),
+        ("proxy", "/shop/orders", "gw", "/api"),
+        ("proxy", "/shop/orders/", "gw", "/api/"),
+        ("proxy", "/items/1?x=1", "shop-o1.kyma-system.svc.cluster.local:80", "/api/items/1?x=1"),
+        ("proxy", "/items", "SHOP-O1", "/api/items"),
+        ("proxy", "http://shop-o1.svc/items?q", "ignored", "/api/items?q"),
+        ("proxy", "/shop/orders/x", "unknown-label.svc", "/api/x"),
+        ("proxy", "/shop/params/p?lang=DE", "gw", "/params-api/p?fixed=1&lang=DE"),
+        ("proxy", "/shop/params/p?z=1", "gw", "/params-api/p?fixed=1&z=1&lang=EN"),
+        ("compass", "/shop/orders/orders-entry/x?y", "gw", "/api/x?y"),
+        ("compass", "/shop/basic/basic", "shop-o1", "/basic-api"),
+    ],
+)
+async def test_routed_requests_reach_the_target(
+    listener: str, target: str, host: str, upstream_target: str, rig: Rig
+) -> None:
+    resp = await rig.call("GET", target, [("Host", host)], listener=listener)
+    assert resp.status == 200
+    assert [r.target for r in rig.api.requests] == [upstream_target]
+    assert rig.api.requests[0].value("Host") == f"127.0.0.1:{rig.api.port}"
+
+
+@pytest.mark.parametrize(
+    ("listener", "target", "host", "status", "message"),
+    [
+        ("proxy", "/shop/nope/x", "gw", 404, "service with name nope not found"),
+        ("proxy", "/other/orders", "gw", 404, "service with name orders not found"),
+        ("proxy", "/", "gw", 400, "failed to extract API Identifier from path"),
+        ("proxy", "/shop", "gw", 400, "failed to extract API Identifier from path"),
+        ("proxy", "/shop/orders/%zz", "gw", 400, "invalid URL escape in request path"),
+        (
+            "compass",
+            "/shop/orders/wrong/x",
+            "gw",
+            404,
+            "service with name orders and entry name wrong not found",
+        ),
+        ("compass", "/items", "shop-o1", 400, "failed to extract API Identifier from path"),
+    ],
+)
+async def test_routing_errors(
+    listener: str, target: str, host: str, status: int, message: str, rig: Rig
+) -> None:
+    resp = await rig.call("GET", target, [("Host", host)], listener=listener)
+    assert resp.status == status
+    assert error_of(resp) == {"code": status, "error": message}
+    assert rig.api.requests == []
+
+
+async def test_registry_not_ready_is_503(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_registry=False)
+    resp = await rig.call("GET", "/shop/orders/x")
+    assert resp.status == 503
+    assert error_of(resp) == {"code": 503, "error": "registry not loaded yet"}
+
+
+# -- headers and credentials ----------------------------------------------------------------------
+
+
+async def test_headers_are_forwarded_as_received(rig: Rig) -> None:
+    caller = [
+        ("Host", "gw"),
+        ("X-Dup", "1"),
+        ("x-dup", "2"),
+        ("User-Agent", "ua/1"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "named in Connection"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Forwarded", "for=10.0.0.1"),
+        ("X-Request-Id", "rid-1"),
+        ("Cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("Authorization", "Bearer caller"),
+    ]
+    resp = await rig.call("GET", "/shop/orders/h", caller)
+    assert resp.status == 200
+    (seen,) = rig.api.requests
+    assert upstream_headers(seen) == [
+        ("X-Dup", "1"),
+        ("x-dup", "2"),
+        ("User-Agent", "ua/1"),
+        ("Forwarded", "for=10.0.0.1"),
+        ("X-Request-Id", "rid-1"),
+        ("Cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("Authorization", "Bearer caller"),
+    ]
+    assert seen.values("Host") == [f"127.0.0.1:{rig.api.port}"]
+
+
+async def test_no_default_headers_are_added(rig: Rig) -> None:
+    await rig.call("GET", "/shop/orders/bare", [("Host", "gw")])
+    (seen,) = rig.api.requests
+    assert seen.headers == [("Host", f"127.0.0.1:{rig.api.port}")]
+
+
+async def test_basic_replaces_the_callers_authorization(rig: Rig) -> None:
+    headers = [("Host", "gw"), ("authorization", "Bearer mine")]
+    assert (await rig.call("GET", "/shop/basic/x", headers)).status == 200
+    (seen,) = rig.api.requests
+    assert seen.values("Authorization") == [BASIC_ALICE]
+
+
+@pytest.mark.parametrize("path", ["/shop/basic/x", "/shop/orders/x"])
+async def test_access_token_overrides_authorization(path: str, rig: Rig) -> None:
+    headers = [("Host", "gw"), ("Authorization", "Basic other"), ("Access-Token", "Bearer abc")]
+    assert (await rig.call("GET", path, headers)).status == 200
+    (seen,) = rig.api.requests
+    assert seen.values("Authorization") == ["Bearer abc"]
+    assert seen.values("Access-Token") == []
+
+
+async def test_empty_access_token_is_ignored(rig: Rig) -> None:
+    headers = [("Host", "gw"), ("Access-Token", "")]
+    assert (await rig.call("GET", "/shop/basic/x", headers)).status == 200
+    (seen,) = rig.api.requests
+    assert seen.values("Authorization") == [BASIC_ALICE]
+    assert seen.values("Access-Token") == [""]
+
+
+async def test_request_parameters_are_added_when_absent(rig: Rig) -> None:
+    headers = [("Host", "gw"), ("x-api-key", "mine")]
+    assert (await rig.call("GET", "/shop/params/x?a=1", headers)).status == 200
+    (seen,) = rig.api.requests
+    assert seen.target == "/params-api/x?fixed=1&a=1&lang=EN"
+    assert upstream_headers(seen) == [("x-api-key", "mine"), ("X-Multi", "a"), ("X-Multi", "b")]
+
+
+# -- bodies and the retry -------------------------------------------------------------------------
+
+
+async def test_body_is_sent_with_its_length(rig: Rig) -> None:
+    resp = await rig.call("POST", "/shop/orders/p", body=b"payload")
+    assert resp.status == 200
+    (seen,) = rig.api.requests
+    assert seen.body == b"payload" and seen.value("Content-Length") == "7"
+
+
+async def test_401_is_retried_once_with_the_body_resent(rig: Rig) -> None:
+    resp = await rig.call("POST", "/shop/basic/auth401/k1", body=b"payload")
+    assert resp.status == 200
+    assert [(r.method, r.target, r.body, r.value("Authorization")) for r in rig.api.requests] == [
+        ("POST", "/basic-api/auth401/k1", b"payload", BASIC_ALICE),
+        ("POST", "/basic-api/auth401/k1", b"payload", BASIC_ALICE),
+    ]
+    (line,) = rig.access()
+    assert line["retried"] is True and line["status"] == 200 and line["upstream_status"] == 200
+    assert rig.sample("appgateway_retries_total", app="shop", service="basic") == 1.0
+
+
+async def test_chunked_body_within_the_limit_is_buffered_and_retried(rig: Rig) -> None:
+    client = await rig.clients(rig.proxy_port)
+    await client.send(
+        b"PUT /shop/orders/auth401/k2 HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"
+    )
+    assert (await client.response()).status == 200
+    sent = [
+        (r.body, r.value("Content-Length"), r.value("Transfer-Encoding")) for r in rig.api.requests
+    ]
+    assert sent == [(b"abcdef", "6", None), (b"abcdef", "6", None)]
+
+
+async def test_persistent_401_is_relayed_after_one_retry(rig: Rig) -> None:
+    resp = await rig.call("GET", "/shop/orders/always401")
+    assert (resp.status, resp.body) == (401, b"denied")
+    assert len(rig.api.requests) == 2
+
+
+async def test_body_over_the_retry_limit_is_streamed_and_not_retried(rig: Rig) -> None:
+    body = bytes(range(256)) * 16  # 4096 bytes, limit 1024
+    resp = await rig.call("POST", "/shop/orders/auth401/k3", body=body)
+    assert (resp.status, resp.body) == (401, b"denied")
+    (seen,) = rig.api.requests
+    assert seen.body == body and seen.value("Content-Length") == "4096"
+    (line,) = rig.access()
+    assert line["retried"] is False and line["bytes_in"] == 4096
+
+
+async def test_chunked_body_over_the_retry_limit_streams_chunked(rig: Rig) -> None:
+    client = await rig.clients(rig.proxy_port)
+    await client.send(
+        b"POST /shop/orders/auth401/k4 HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(4):
+        await client.send(b"400\r\n" + b"c" * 1024 + b"\r\n")
+        await asyncio.sleep(0.01)
+    await client.send(b"0\r\n\r\n")
+    resp = await client.response()
+    assert resp.status == 401
+    (seen,) = rig.api.requests
+    assert seen.value("Transfer-Encoding") == "chunked" and seen.body == b"c" * 4096
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [500, 503, 599])
+async def test_5xx_becomes_502_with_target_system_status(code: int, rig: Rig) -> None:
+    resp = await rig.call("GET", f"/shop/orders/status/{code}")
+    assert resp.status == 502
+    assert resp.values("Target-System-Status") == [str(code)]
+    assert resp.value("X-Mock") == "1" and resp.body == f"upstream says {code}".encode()
+    (line,) = rig.access()
+    assert line["status"] == 502 and line["upstream_status"] == code and line["error"] is None
+
+
+@pytest.mark.parametrize("code", [201, 400, 404, 418])
+async def test_other_statuses_are_relayed_unchanged(code: int, rig: Rig) -> None:
+    resp = await rig.call("GET", f"/shop/orders/status/{code}")
+    assert resp.status == code and resp.body == f"upstream says {code}".encode()
+    assert resp.values("Target-System-Status") == ["stale"]
+
+
+@pytest.mark.parametrize(
+    ("listener", "target", "host", "location", "expected"),
+    [
+        (
+            "proxy",
+            "/shop/orders/redirect",
+            "gw",
+            "{base}/api/next/7?x=1#f",
+            "/shop/orders/next/7?x=1#f",
+        ),
+        ("proxy", "/shop/orders/redirect", "gw", "/api/a%2Fb", "/shop/orders/a%2Fb"),
+        ("proxy", "/redirect", "shop-o1", "{base}/api/next", "/next"),
+        (
+            "compass",
+            "/shop/orders/orders-entry/redirect",
+            "gw",
+            "{base}/api/next",
+            "/shop/orders/orders-entry/next",
+        ),
+        (
+            "proxy",
+            "/shop/orders/redirect",
+            "gw",
+            "http://other.example/api/x",
+            "http://other.example/api/x",
+        ),
+        ("proxy", "/shop/orders/redirect", "gw", "{base}/apix/y", "{base}/apix/y"),
+    ],
+)
+async def test_location_rewrite(
+    listener: str, target: str, host: str, location: str, expected: str, rig: Rig
+) -> None:
+    base = rig.api.base
+    query = "?location=" + quote(location.format(base=base), safe="")
+    resp = await rig.call("GET", target + query, [("Host", host)], listener=listener)
+    assert resp.status == 302
+    assert resp.values("Location") == [expected.format(base=base)]
+
+
+async def test_chunked_upstream_response_is_relayed(rig: Rig) -> None:
+    client = await rig.clients(rig.proxy_port)
+    await client.send(request_bytes("GET", "/shop/orders/chunked"))
+    resp = await client.response()
+    assert resp.body == b"hello world" and resp.value("Transfer-Encoding") == "chunked"
+    # the connection stays open for the next request
+    assert (await client.request("GET", "/shop/orders/again")).status == 200
+
+
+async def test_unreachable_target_is_502_empty(rig: Rig) -> None:
+    resp = await rig.call("GET", "/dead/gone/x")
+    assert resp.status == 502 and resp.body == b""
+    assert (
+        rig.sample("appgateway_upstream_errors_total", app="dead", service="gone", kind="connect")
+        == 1.0
+    )
+    (line,) = rig.access()
+    assert line["error"] == "connection refused" and line["upstream_status"] is None
+
+
+async def test_target_timeout_is_504_empty(make_rig: MakeRig) -> None:
+    async def silent(conn: Connection) -> None:
+        await conn.request()
+        await conn.until_eof()
+
+    rig = await make_rig(handler=silent, proxy_timeout=0.2)
+    resp = await rig.call("GET", "/shop/orders/x")
+    assert resp.status == 504 and resp.body == b""
+    assert (
+        rig.sample("appgateway_upstream_errors_total", app="shop", service="orders", kind="timeout")
+        == 1.0
+    )
+
+
+async def test_caller_disconnect_cancels_the_upstream_request(make_rig: MakeRig) -> None:
+    closed = asyncio.Event()
+
+    async def hang(conn: Connection) -> None:
+        await conn.request()
+        await conn.until_eof()
+        closed.set()
+
+    rig = await make_rig(handler=hang, proxy_timeout=10.0)
+    client: Client = await rig.clients(rig.proxy_port)
+    await client.send(request_bytes("GET", "/shop/orders/hang"))
+    for _ in range(200):
+        if rig.api.requests:
+            break
+        await asyncio.sleep(0.01)
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    await asyncio.wait_for(closed.wait(), 5)
+    for _ in range(100):
+        if rig.access():
+            break
+        await asyncio.sleep(0.01)
+    (line,) = rig.access()
+    assert line["status"] == 499 and line["upstream_status"] is None
+
+
+# -- observation ---------------------------------------------------------------------------------
+
+
+async def test_access_log_line(rig: Rig) -> None:
+    headers = [("Host", "gw"), ("X-Request-Id", "rid-7"), ("Cookie", "secret=1")]
+    resp = await rig.call("POST", "/shop/orders/items?token=secret", headers, b"12345")
+    assert resp.status == 200
+    (line,) = rig.access()
+    assert line.pop("ts").endswith("Z")
+    duration = line.pop("duration_ms")
+    assert isinstance(duration, float | int) and duration >= 0
+    bytes_out = line.pop("bytes_out")
+    assert bytes_out >= len(resp.body)
+    assert line == {
+        "level": "info",
+        "logger": "access",
+        "msg": "request",
+        "listener": "proxy",
+        "route": "path",
+        "app": "shop",
+        "service": "orders",
+        "entry": "orders-entry",
+        "method": "POST",
+        "path": "/shop/orders/items",
+        "status": 200,
+        "upstream_status": 200,
+        "retried": False,
+        "bytes_in": 5,
+        "error": None,
+        "request_id": "rid-7",
+    }
+    assert "secret" not in rig.log.getvalue()
+
+
+async def test_access_log_line_for_host_route_and_errors(rig: Rig) -> None:
+    await rig.call("GET", "/x", [("Host", "shop-o1")])
+    await rig.call("GET", "/shop/nope", listener="compass")
+    host, error = rig.access()
+    assert (host["route"], host["service"], host["path"], host["request_id"]) == (
+        "host",
+        "orders",
+        "/x",
+        None,
+    )
+    assert error["listener"] == "compass" and error["status"] == 400
+    assert error["app"] == "" and error["upstream_status"] is None
+    assert error["error"] == "failed to extract API Identifier from path"
+
+
+async def test_metrics_count_requests(rig: Rig) -> None:
+    for _ in range(2):
+        assert (await rig.call("GET", "/shop/orders/m")).status == 200
+    await rig.call("GET", "/shop/nope/m")
+    await rig.call("GET", "/shop/orders/orders-entry/m", listener="compass")
+    labels = {"listener": "proxy", "app": "shop", "service": "orders"}
+    assert rig.sample("appgateway_requests_total", code="200", **labels) == 2.0
+    assert (
+        rig.sample("appgateway_requests_total", listener="proxy", app="", service="", code="404")
+        == 1.0
+    )
+    assert (
+        rig.sample(
+            "appgateway_requests_total",
+            listener="compass",
+            app="shop",
+            service="orders",
+            code="200",
+        )
+        == 1.0
+    )
+    assert rig.sample("appgateway_request_duration_seconds_count", **labels) == 2.0
+    assert (
+        rig.sample("appgateway_upstream_duration_seconds_count", app="shop", service="orders")
+        == 3.0
+    )
+    assert rig.sample("appgateway_inflight_requests", listener="proxy") == 0.0
+    assert b'appgateway_requests_total{app="shop"' in rig.metrics.render()

@@ -1,0 +1,758 @@
+"""The upstream client against scripted loopback servers: pools, framing, failures, TLS.
+
+Every failure a target can cause must come out as UpstreamUnavailable (502) or
+UpstreamTimeout (504) with a short reason; the scripted servers produce each cause for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from appgateway.errors import UpstreamTimeout, UpstreamUnavailable
+from appgateway.model import ClientCert, Headers, Target
+from appgateway.tls import TlsContexts, load_client_cert
+from appgateway.upstream import (
+    BodySource,
+    OutboundRequest,
+    Pool,
+    StreamedBody,
+    Upstream,
+    UpstreamResponse,
+)
+from appgateway.urls import parse_target
+from tests.conftest import (
+    Connection,
+    RawServer,
+    Seen,
+    ServerFactory,
+    echo,
+    response,
+    serve_requests,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    client = Upstream(asyncio.get_running_loop())
+    yield client
+    client.close()
+    await asyncio.sleep(0)
+
+
+def target_of(server: RawServer, path: str = "/") -> Target:
+    return parse_target(server.base + path)
+
+
+def pool_for(upstream: Upstream, server: RawServer, ctx: ssl.SSLContext | None = None) -> Pool:
+    return upstream.pool(target_of(server), True, "", ctx)
+
+
+def outbound(
+    server: RawServer,
+    path: bytes = b"/",
+    *,
+    method: bytes = b"GET",
+    headers: Headers | None = None,
+    body: bytes | None = None,
+    stream: StreamedBody | None = None,
+) -> OutboundRequest:
+    target = target_of(server)
+    fields = headers if headers is not None else [(b"Host", target.authority.encode())]
+    return OutboundRequest(method, target, path, fields, body, stream)
+
+
+async def send(
+    upstream: Upstream,
+    pool: Pool,
+    req: OutboundRequest,
+    *,
+    header_timeout: float = 5.0,
+    idle_timeout: float = 5.0,
+) -> UpstreamResponse:
+    return await upstream.send(req, pool, header_timeout=header_timeout, idle_timeout=idle_timeout)
+
+
+async def body_of(resp: UpstreamResponse, idle_timeout: float = 5.0) -> bytes:
+    parts = []
+    while data := await resp.read(idle_timeout):
+        parts.append(data)
+    return b"".join(parts)
+
+
+async def exchange(
+    upstream: Upstream, pool: Pool, req: OutboundRequest
+) -> tuple[UpstreamResponse, bytes]:
+    """Send, read the whole body and release the connection to the pool."""
+    resp = await send(upstream, pool, req)
+    body = await body_of(resp)
+    resp.release()
+    return resp, body
+
+
+class ChunkSource(BodySource):
+    """A request body arriving in pieces, as from a caller's connection.
+
+    With a `gate`, everything after the first piece waits until the test opens it.
+    """
+
+    def __init__(
+        self, chunks: list[bytes], delay: float = 0.0, gate: asyncio.Event | None = None
+    ) -> None:
+        self.chunks = list(chunks)
+        self.delay = delay
+        self.gate = gate
+        self.reads = 0
+        self.done = asyncio.Event()
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        if self.gate is not None and self.reads > 1:
+            await self.gate.wait()
+        if not self.chunks:  # the end is known as soon as the last piece arrived
+            self.done.set()
+            return b""
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self.chunks.pop(0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- what goes on the wire ----------------------------------------------------------------------
+
+
+async def test_sends_exactly_the_given_path_and_headers(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def answer(seen: Seen) -> bytes:
+        fields = [("Set-Cookie", "a=1"), ("set-cookie", "b=2"), ("X-Mixed-Case", "v")]
+        return response(200, b"ok", fields)
+
+    server = await servers(answer)
+    host = f"127.0.0.1:{server.port}".encode()
+    headers = [(b"Host", host), (b"X-A", b"1"), (b"x-a", b"2"), (b"Cookie", b"c=3")]
+    path = b"/p/a%2Fb/c'(x)//d?q=%7C&r=a+b"
+    pool = pool_for(upstream, server)
+    resp, body = await exchange(upstream, pool, outbound(server, path, headers=headers))
+    resp2, _ = await exchange(upstream, pool, outbound(server, b"/post", method=b"POST", body=b""))
+    resp3, _ = await exchange(
+        upstream, pool, outbound(server, b"/put", method=b"PUT", body=b"data")
+    )
+    first, second, third = server.requests
+    assert (first.method, first.target) == ("GET", path.decode())
+    assert first.headers == [("Host", host.decode()), ("X-A", "1"), ("x-a", "2"), ("Cookie", "c=3")]
+    assert second.headers == [("Host", host.decode()), ("Content-Length", "0")]
+    assert third.headers[-1] == ("Content-Length", "4") and third.body == b"data"
+    assert resp.status == 200 and resp.reason == b"OK" and body == b"ok"
+    assert resp.headers == [
+        (b"Set-Cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"X-Mixed-Case", b"v"),
+        (b"Content-Length", b"2"),
+    ]
+    assert resp.content_length == 2
+
+
+async def test_chunked_response_is_decoded(servers: ServerFactory, upstream: Upstream) -> None:
+    async def chunked(seen: Seen) -> bytes:
+        body = b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n"
+        return response(200, body, [("Transfer-Encoding", "chunked")], length=False)
+
+    server = await servers(chunked)
+    pool = pool_for(upstream, server)
+    resp, body = await exchange(upstream, pool, outbound(server))
+    assert body == b"hello world" and resp.content_length is None
+    resp, body = await exchange(upstream, pool, outbound(server))
+    assert body == b"hello world" and server.connections == 1
+
+
+# -- pooling ------------------------------------------------------------------------------------
+
+
+async def test_pool_reuses_a_connection(servers: ServerFactory, upstream: Upstream) -> None:
+    server = await servers()
+    pool = pool_for(upstream, server)
+    for path in (b"/one", b"/two", b"/three"):
+        resp, _ = await exchange(upstream, pool, outbound(server, path))
+        assert resp.status == 200
+    assert server.connections == 1
+    assert [(r.conn, r.target) for r in server.requests] == [
+        (1, "/one"),
+        (1, "/two"),
+        (1, "/three"),
+    ]
+    assert len(pool.idle) == 1
+    assert upstream.pool(target_of(server), True, "", None) is pool
+    assert upstream.pool(target_of(server), False, "", None) is not pool
+
+
+async def _answer_once_then_drop_the_next(conn: Connection) -> None:
+    """Connection 1 answers one request and closes on reading the next, as a server whose
+    keep-alive timer fired just as the request arrived; later connections behave."""
+    if conn.index > 1:
+        await serve_requests(conn, echo)
+        return
+    seen = await conn.request()
+    assert seen is not None
+    await conn.send(await echo(seen))
+    await conn.head()  # the next request: closed without an answer
+
+
+async def test_stale_pooled_connection_is_replaced_for_a_buffered_request(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers(handler=_answer_once_then_drop_the_next)
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server, b"/a"))
+    resp, body = await exchange(
+        upstream, pool, outbound(server, b"/b", method=b"POST", body=b"payload")
+    )
+    assert resp.status == 200 and b'"body": "payload"' in body
+    assert [(r.conn, r.method, r.target) for r in server.requests] == [
+        (1, "GET", "/a"),
+        (1, "POST", "/b"),
+        (2, "POST", "/b"),
+    ]
+    assert server.requests[2].body == b"payload"
+
+
+async def test_stale_pooled_connection_is_not_replayed_for_a_streamed_request(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers(handler=_answer_once_then_drop_the_next)
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server, b"/a"))
+    stream = StreamedBody(b"pre", ChunkSource([b"fix"]), None)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool, outbound(server, b"/b", method=b"POST", stream=stream))
+    assert info.value.kind == "protocol"
+    assert [r.target for r in server.requests] == ["/a", "/b"]
+
+
+async def test_fresh_connection_closed_before_an_answer_is_not_retried(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def drop(seen: Seen) -> bytes | None:
+        return None
+
+    server = await servers(drop)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool_for(upstream, server), outbound(server, body=b"x"))
+    assert info.value.kind == "protocol"
+    assert info.value.message == "connection closed before response headers"
+    assert len(server.requests) == 1
+
+
+async def test_connection_closed_while_idle_is_not_reused(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def answer_and_close(conn: Connection) -> None:
+        seen = await conn.request()
+        assert seen is not None
+        await conn.send(await echo(seen))  # keep-alive promised, then closed anyway
+
+    server = await servers(handler=answer_and_close)
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server, b"/a"))
+    await asyncio.sleep(0.05)
+    assert pool.idle == type(pool.idle)()  # dropped when the close arrived
+    resp, _ = await exchange(upstream, pool, outbound(server, b"/b"))
+    assert resp.status == 200
+    assert [(r.conn, r.target) for r in server.requests] == [(1, "/a"), (2, "/b")]
+
+
+async def test_connection_close_answer_is_not_pooled(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def closing(seen: Seen) -> bytes:
+        return response(200, b"bye", [("Connection", "close")])
+
+    server = await servers(closing)
+    pool = pool_for(upstream, server)
+    resp, body = await exchange(upstream, pool, outbound(server))
+    assert body == b"bye" and len(pool.idle) == 0
+    await exchange(upstream, pool, outbound(server))
+    assert server.connections == 2
+
+
+async def test_retain_closes_pools_no_api_uses(servers: ServerFactory, upstream: Upstream) -> None:
+    server = await servers()
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server))
+    upstream.retain({pool.key})
+    assert len(pool.idle) == 1
+    upstream.retain(set())
+    assert len(pool.idle) == 0
+    await asyncio.sleep(0.05)
+    assert server.closed_connections == 1
+    assert pool_for(upstream, server) is not pool
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interim", [[100], [123], [100, 123, 102]], ids=str)
+@pytest.mark.parametrize("together", [True, False], ids=["one-write", "separate-writes"])
+async def test_interim_responses_are_skipped(
+    interim: list[int], together: bool, servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def handler(conn: Connection) -> None:
+        while await conn.request() is not None:
+            parts = [
+                response(code, headers=[("X-Interim", str(code))], length=False) for code in interim
+            ]
+            parts.append(response(200, b"final", [("X-Final", "1")]))
+            if together:
+                await conn.send(b"".join(parts))
+                continue
+            for part in parts:
+                await conn.send(part)
+                await asyncio.sleep(0.02)
+
+    server = await servers(handler=handler)
+    pool = pool_for(upstream, server)
+    for _ in range(2):  # and the connection is reusable afterwards
+        resp, body = await exchange(upstream, pool, outbound(server))
+        assert (resp.status, resp.reason, body) == (200, b"OK", b"final")
+        assert resp.headers == [(b"X-Final", b"1"), (b"Content-Length", b"5")]
+    assert server.connections == 1
+
+
+async def test_101_is_a_protocol_error(servers: ServerFactory, upstream: Upstream) -> None:
+    async def switch(seen: Seen) -> bytes:
+        return response(101, headers=[("Upgrade", "websocket")], length=False)
+
+    server = await servers(switch)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool_for(upstream, server), outbound(server))
+    assert info.value.kind == "protocol" and info.value.status == 502
+
+
+async def test_body_without_length_is_read_until_eof(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def unframed(conn: Connection) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello ")
+        await asyncio.sleep(0.05)
+        await conn.send(b"world")
+
+    server = await servers(handler=unframed)
+    pool = pool_for(upstream, server)
+    resp = await send(upstream, pool, outbound(server))
+    assert resp.content_length is None
+    assert await body_of(resp) == b"hello world"
+    resp.release()
+    assert len(pool.idle) == 0
+
+
+async def test_body_cut_short_is_a_protocol_error(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def short(conn: Connection) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+
+    server = await servers(handler=short)
+    resp = await send(upstream, pool_for(upstream, server), outbound(server))
+    with pytest.raises(UpstreamUnavailable) as info:
+        await body_of(resp)
+    resp.abort()
+    assert info.value.kind == "protocol"
+
+
+@pytest.mark.parametrize(("method", "status"), [(b"HEAD", 200), (b"GET", 204), (b"GET", 304)])
+async def test_bodyless_response_with_length_keeps_the_connection(
+    method: bytes, status: int, servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def answer(seen: Seen) -> bytes:
+        if seen.target == "/next":
+            return response(200, b"next")
+        return response(status, headers=[("Content-Length", "100")], length=False)
+
+    server = await servers(answer)
+    pool = pool_for(upstream, server)
+    resp, body = await exchange(upstream, pool, outbound(server, method=method))
+    assert resp.status == status and body == b""
+    resp, body = await exchange(upstream, pool, outbound(server, b"/next"))
+    assert (resp.status, body) == (200, b"next")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"SSH-2.0-OpenSSH_9.2\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n", b"\x00\x01\x02\x03\r\n\r\n"],
+)
+async def test_garbage_response_is_a_protocol_error(
+    garbage: bytes, servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def answer(seen: Seen) -> bytes:
+        return garbage
+
+    server = await servers(answer)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool_for(upstream, server), outbound(server))
+    assert info.value.kind == "protocol" and info.value.status == 502
+    assert info.value.message.startswith("invalid response")
+
+
+async def test_unread_response_body_pauses_reading(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    total = 16 * 1024 * 1024
+
+    async def big(seen: Seen) -> bytes:
+        return response(200, b"b" * total)
+
+    server = await servers(big)
+    resp = await send(upstream, pool_for(upstream, server), outbound(server))
+    await asyncio.sleep(0.2)
+    transport = resp.connection.transport
+    assert transport is not None and not transport.is_reading()
+    assert len(await body_of(resp)) == total
+    resp.release()
+
+
+# -- timeouts and failures ------------------------------------------------------------------------
+
+
+async def _never_answer(conn: Connection) -> None:
+    await conn.request()
+    await conn.until_eof()
+
+
+async def test_header_timeout(servers: ServerFactory, upstream: Upstream) -> None:
+    server = await servers(handler=_never_answer)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await send(upstream, pool_for(upstream, server), outbound(server), header_timeout=0.2)
+    assert 0.15 <= time.monotonic() - started < 2
+    assert info.value.message == "timeout after 0.2s"
+    assert info.value.kind == "timeout" and info.value.status == 504
+    await asyncio.sleep(0.05)
+    assert server.closed_connections == 1  # the attempt's connection was closed
+
+
+async def test_connection_refused(upstream: Upstream) -> None:
+    target = parse_target(f"http://127.0.0.1:{free_port()}/")
+    pool = upstream.pool(target, True, "", None)
+    req = OutboundRequest(b"GET", target, b"/", [(b"Host", target.authority.encode())], None)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await upstream.send(req, pool, header_timeout=5, idle_timeout=5)
+    assert info.value.message == "connection refused"
+    assert info.value.kind == "connect" and info.value.status == 502
+    assert info.value.body() == b""
+
+
+async def test_idle_timeout_while_the_body_stalls(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def stall(conn: Connection) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+        await conn.until_eof()
+
+    server = await servers(handler=stall)
+    resp = await send(upstream, pool_for(upstream, server), outbound(server), idle_timeout=0.2)
+    assert await resp.read(0.2) == b"0123456789"
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await resp.read(0.2)
+    assert 0.15 <= time.monotonic() - started < 2
+    assert info.value.message == "response body idle timeout"
+    resp.abort()
+
+
+async def test_header_and_idle_timeouts_are_separate(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def trickle(conn: Connection) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(4):
+            await asyncio.sleep(0.15)
+            await conn.send(b"1\r\nx\r\n")
+        await conn.send(b"0\r\n\r\n")
+
+    server = await servers(handler=trickle)
+    started = time.monotonic()
+    resp = await send(
+        upstream, pool_for(upstream, server), outbound(server), header_timeout=0.3, idle_timeout=1
+    )
+    assert await body_of(resp, idle_timeout=1) == b"xxxx"
+    assert time.monotonic() - started > 0.5  # longer than the header timeout
+    resp.release()
+
+
+# -- streamed request bodies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [None, 9], ids=["chunked", "content-length"])
+async def test_streamed_upload(
+    length: int | None, servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers()
+    pool = pool_for(upstream, server)
+    stream = StreamedBody(b"abc", ChunkSource([b"def", b"ghi"], delay=0.01), length)
+    resp, _ = await exchange(upstream, pool, outbound(server, method=b"PUT", stream=stream))
+    assert resp.status == 200
+    seen = server.requests[0]
+    assert seen.body == b"abcdefghi"
+    if length is None:
+        assert seen.value("Transfer-Encoding") == "chunked"
+        assert seen.value("Content-Length") is None
+    else:
+        assert seen.value("Content-Length") == "9"
+        assert seen.value("Transfer-Encoding") is None
+    await exchange(upstream, pool, outbound(server))
+    assert server.connections == 1  # the body was sent in full: the connection is reusable
+
+
+async def test_streamed_body_shorter_than_its_length_fails(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers()
+    stream = StreamedBody(b"abc", ChunkSource([b"def"]), 20)
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(
+            upstream, pool_for(upstream, server), outbound(server, method=b"PUT", stream=stream)
+        )
+    assert info.value.message == "request body shorter than its Content-Length"
+
+
+async def test_early_response_while_uploading_is_returned(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def refuse_before_reading(conn: Connection) -> None:
+        await conn.head()
+        await conn.send(response(401, b"no", [("WWW-Authenticate", "Basic")]))
+        await conn.until_eof()  # drain politely, as a server does before closing
+
+    server = await servers(handler=refuse_before_reading)
+    pool = pool_for(upstream, server)
+    gate = asyncio.Event()
+    source = ChunkSource([b"u" * 65536] * 4, gate=gate)
+    stream = StreamedBody(b"", source, 4 * 65536)
+    resp = await send(upstream, pool, outbound(server, method=b"POST", stream=stream))
+    assert resp.status == 401 and not source.done.is_set()  # before the upload finished
+    assert await body_of(resp) == b"no"
+    resp.release()
+    assert len(pool.idle) == 0  # a half-sent body leaves the connection unusable
+    gate.set()
+    await asyncio.wait_for(source.done.wait(), 5)
+
+
+# -- fetch (token and CSRF calls) -----------------------------------------------------------------
+
+
+async def test_fetch_collects_the_whole_body(servers: ServerFactory, upstream: Upstream) -> None:
+    async def chunked(conn: Connection) -> None:
+        while await conn.request() is not None:
+            await conn.send(
+                b"HTTP/1.1 200 OK\r\nX-Csrf-Token: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for part in (b'{"access_', b'token":', b'"abc"}'):
+                await asyncio.sleep(0.01)
+                await conn.send(b"%x\r\n%b\r\n" % (len(part), part))
+            await conn.send(b"0\r\n\r\n")
+
+    server = await servers(handler=chunked)
+    pool = pool_for(upstream, server)
+    status, headers, body = await upstream.fetch(outbound(server), pool, deadline_s=2)
+    assert (status, body) == (200, b'{"access_token":"abc"}')
+    assert (b"X-Csrf-Token", b"t") in headers
+    assert len(pool.idle) == 1
+    await upstream.fetch(outbound(server), pool, deadline_s=2)
+    assert server.connections == 1
+
+
+async def test_fetch_enforces_its_limit(servers: ServerFactory, upstream: Upstream) -> None:
+    async def big(seen: Seen) -> bytes:
+        return response(200, b"x" * 2000)
+
+    server = await servers(big)
+    pool = pool_for(upstream, server)
+    status, _, body = await upstream.fetch(outbound(server), pool, deadline_s=2, limit=2000)
+    assert status == 200 and len(body) == 2000
+    with pytest.raises(UpstreamUnavailable) as info:
+        await upstream.fetch(outbound(server), pool, deadline_s=2, limit=1000)
+    assert info.value.message == "response body too large" and info.value.kind == "protocol"
+
+
+async def test_fetch_deadline_covers_the_whole_exchange(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    async def trickle(conn: Connection) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            await conn.send(b"x")
+
+    server = await servers(handler=trickle)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await upstream.fetch(outbound(server), pool_for(upstream, server), deadline_s=0.3)
+    assert info.value.message == "timeout after 0.3s"
+    assert time.monotonic() - started < 0.9
+
+
+async def test_fetch_without_an_answer_times_out(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers(handler=_never_answer)
+    with pytest.raises(UpstreamTimeout) as info:
+        await upstream.fetch(outbound(server), pool_for(upstream, server), deadline_s=0.2)
+    assert info.value.status == 504
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def crt_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def issue(cn: str, issuer: Pair | None = None, *, ca: bool = False, server: bool = False) -> Pair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return Pair(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+@dataclass
+class Pki:
+    ca_file: Path
+    server_ctx: ssl.SSLContext
+    client: ClientCert
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = issue("upstream test CA", ca=True)
+    server = issue("server", ca, server=True)
+    client = issue("client", ca)
+    (folder / "ca.pem").write_bytes(ca.crt_pem)
+    (folder / "server.pem").write_bytes(server.crt_pem + server.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(folder / "server.pem")
+    ctx.load_verify_locations(folder / "ca.pem")
+    return Pki(folder / "ca.pem", ctx, load_client_cert(client.crt_pem, client.key_pem))
+
+
+def require_client_cert(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.ca_file.parent / "server.pem")
+    ctx.load_verify_locations(pki.ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def _record_peer(conn: Connection) -> None:
+    peer = conn.writer.get_extra_info("peercert")
+    subject = dict(item[0] for item in peer["subject"]) if peer else {}
+
+    async def answer(seen: Seen) -> bytes:
+        return response(200, f"peer={subject.get('commonName')}".encode())
+
+    await serve_requests(conn, answer)
+
+
+async def test_tls_verified_against_the_trust_store(
+    pki: Pki, servers: ServerFactory, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    server = await servers(ssl_context=pki.server_ctx)
+    ctx = TlsContexts().get(True, None)
+    pool = pool_for(upstream, server, ctx)
+    for path in (b"/one", b"/two"):
+        resp, body = await exchange(upstream, pool, outbound(server, path))
+        assert resp.status == 200 and path in body
+    assert server.connections == 1
+
+
+async def test_tls_untrusted_server_fails_verification(
+    pki: Pki, servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers(ssl_context=pki.server_ctx)
+    pool = pool_for(upstream, server, TlsContexts().get(True, None))
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool, outbound(server))
+    assert info.value.kind == "tls"
+    assert info.value.message.startswith("TLS handshake failed: certificate verify failed")
+    assert server.requests == []
+
+
+async def test_tls_skip_verify(pki: Pki, servers: ServerFactory, upstream: Upstream) -> None:
+    server = await servers(ssl_context=pki.server_ctx)
+    target = target_of(server)
+    pool = upstream.pool(target, False, "", TlsContexts().get(False, None))
+    resp, _ = await exchange(upstream, pool, outbound(server))
+    assert resp.status == 200
+
+
+async def test_tls_client_certificate(
+    pki: Pki, servers: ServerFactory, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    server = await servers(handler=_record_peer, ssl_context=require_client_cert(pki))
+    tls = TlsContexts()
+    target = target_of(server)
+    cert = pki.client
+    with_cert = upstream.pool(target, True, cert.fingerprint, tls.get(True, cert))
+    resp, body = await exchange(upstream, with_cert, outbound(server))
+    assert (resp.status, body) == (200, b"peer=client")
+    without = upstream.pool(target, True, "", tls.get(True, None))
+    assert without is not with_cert
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, without, outbound(server))
+    assert info.value.status == 502
