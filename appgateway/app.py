@@ -131,7 +131,8 @@ class Gateway:
             tls = TlsContexts()
             upstream = Upstream(loop)
             stack.callback(upstream.close)
-            access = AccessLog(sys.stderr.fileno(), self.log_control)
+            access = AccessLog(sys.stderr.fileno(), self.log_control, loop)
+            stack.callback(access.flush)
             auth = make_deps(
                 upstream=upstream,
                 tls=tls,

@@ -261,9 +261,12 @@ class Forwarder:
                         set_header(headers, b"Location", new.encode("latin-1"))
             reason = response.reason if status == original else b""
             ex.start_response(status, reason, headers, response.content_length)
+            connection = response.connection
+            if not connection.body_buffered:
+                ex.flush_head()
             idle = self._idle_timeout
             while True:
-                data = await response.read(idle)
+                data = await connection.read(idle)
                 if not data:
                     break
                 await ex.write(data)

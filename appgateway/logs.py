@@ -8,6 +8,7 @@ would cost more than the proxying itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -145,10 +146,28 @@ class AccessLog:
     carry it.
     """
 
-    __slots__ = ("_control", "_fd", "_stream", "_second", "_prefix", "_encode")
+    __slots__ = (
+        "_control",
+        "_fd",
+        "_stream",
+        "_second",
+        "_prefix",
+        "_encode",
+        "_loop",
+        "_pending",
+    )
 
-    def __init__(self, stream: int | TextIO, control: LogControl) -> None:
+    def __init__(
+        self,
+        stream: int | TextIO,
+        control: LogControl,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """With a `loop`, lines written during one loop iteration go out in one write
+        (scheduled with call_soon, so no line waits longer than that iteration)."""
         self._control = control
+        self._loop = loop
+        self._pending: list[str] = []
         self._fd = stream if isinstance(stream, int) else -1
         self._stream = None if isinstance(stream, int) else stream
         self._second = -1
@@ -165,6 +184,20 @@ class AccessLog:
         body = self._encode(fields)
         sep = "," if len(body) > 2 else ""
         line = f"{self._prefix}.{millis:03d}{_ACCESS_HEAD}{sep}{body[1:]}\n"
+        if self._loop is not None:
+            if not self._pending:
+                self._loop.call_soon(self.flush)
+            self._pending.append(line)
+            return
+        self._emit(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            lines = "".join(self._pending)
+            self._pending.clear()
+            self._emit(lines)
+
+    def _emit(self, line: str) -> None:
         if self._stream is not None:
             self._stream.write(line)
             self._stream.flush()

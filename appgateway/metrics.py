@@ -9,12 +9,15 @@ values are bounded by the registry's APIs, so the caches are too.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -49,31 +52,52 @@ def _without_created(families: Iterable[Metric]) -> Iterable[Metric]:
         yield family
 
 
+class _Hist:
+    """Histogram data: per-bucket (not cumulative) counts, the last slot being +Inf."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+
+class InFlight:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+def _histogram_family(
+    name: str, doc: str, labels: tuple[str, ...], data: Iterable[tuple[tuple[str, ...], _Hist]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in data:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(floatToGoString, BUCKETS), "+Inf"), hist.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric(list(values), buckets, hist.total)
+    return family
+
+
 class Metrics:
     """All gateway metrics of one process."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "appgateway_requests",
-            "Requests answered on the proxy listeners, by status code.",
-            ("listener", "app", "service", "code"),
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "appgateway_request_duration_seconds",
-            "Time from request head to the end of the response.",
-            ("listener", "app", "service"),
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "appgateway_upstream_duration_seconds",
-            "Time from sending upstream to the response headers.",
-            ("app", "service"),
-            buckets=BUCKETS,
-            registry=r,
-        )
         self.upstream_errors = Counter(
             "appgateway_upstream_errors",
             "Upstream attempts that failed without a response.",
@@ -101,9 +125,6 @@ class Metrics:
             ("cache", "result"),
             registry=r,
         )
-        self.inflight_requests = Gauge(
-            INFLIGHT, "Requests being handled.", ("listener",), registry=r
-        )
         self.registry_apis = Gauge(
             "appgateway_registry_apis", "Routable APIs in the current snapshot.", registry=r
         )
@@ -123,10 +144,14 @@ class Metrics:
             "Unix time of the last successful registry rebuild.",
             registry=r,
         )
-        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
-        self._upstream_children: dict[tuple[str, str], Histogram] = {}
         self._counter_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
-        self._inflight_children: dict[str, Gauge] = {}
+        # Per-request series are plain accumulators (no locks, no label hashing per call),
+        # turned into metric families only when scraped.
+        self._requests: dict[tuple[str, str, str, int], list[float]] = {}
+        self._request_hist: dict[tuple[str, str, str], _Hist] = {}
+        self._upstream_hist: dict[tuple[str, str], _Hist] = {}
+        self._inflight: dict[str, InFlight] = {}
+        r.register(_Families(self._hot_families))
 
     def _count(self, counter: Counter, labels: tuple[str, ...]) -> None:
         key = (counter, labels)
@@ -139,21 +164,22 @@ class Metrics:
         self, listener: str, app: str, service: str, code: int, duration_s: float
     ) -> None:
         key = (listener, app, service, code)
-        children = self._request_children.get(key)
-        if children is None:
-            children = self._request_children[key] = (
-                self.requests.labels(listener, app, service, str(code)),
-                self.request_duration.labels(listener, app, service),
-            )
-        children[0].inc()
-        children[1].observe(duration_s)
+        count = self._requests.get(key)
+        if count is None:
+            count = self._requests[key] = [0.0]
+        count[0] += 1
+        hkey = (listener, app, service)
+        hist = self._request_hist.get(hkey)
+        if hist is None:
+            hist = self._request_hist[hkey] = _Hist()
+        hist.observe(duration_s)
 
     def observe_upstream(self, app: str, service: str, duration_s: float) -> None:
         key = (app, service)
-        child = self._upstream_children.get(key)
-        if child is None:
-            child = self._upstream_children[key] = self.upstream_duration.labels(app, service)
-        child.observe(duration_s)
+        hist = self._upstream_hist.get(key)
+        if hist is None:
+            hist = self._upstream_hist[key] = _Hist()
+        hist.observe(duration_s)
 
     def upstream_error(self, app: str, service: str, kind: str) -> None:
         """`kind` is one of `timeout`, `connect`, `tls`, `protocol`."""
@@ -173,12 +199,38 @@ class Metrics:
         """`cache` is `token` or `csrf`."""
         self._count(self.cache_lookups, (cache, "hit" if hit else "miss"))
 
-    def inflight(self, listener: str) -> Gauge:
-        """The listener's gauge child; call `.inc()`/`.dec()` around each request."""
-        child = self._inflight_children.get(listener)
-        if child is None:
-            child = self._inflight_children[listener] = self.inflight_requests.labels(listener)
-        return child
+    def inflight(self, listener: str) -> InFlight:
+        """The listener's in-flight gauge; call `.inc()`/`.dec()` around each request."""
+        gauge = self._inflight.get(listener)
+        if gauge is None:
+            gauge = self._inflight[listener] = InFlight()
+        return gauge
+
+    def _hot_families(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "appgateway_requests",
+            "Requests answered on the proxy listeners, by status code.",
+            labels=("listener", "app", "service", "code"),
+        )
+        for (listener, app, service, code), count in self._requests.items():
+            requests.add_metric((listener, app, service, str(code)), count[0])
+        yield requests
+        yield _histogram_family(
+            "appgateway_request_duration_seconds",
+            "Time from request head to the end of the response.",
+            ("listener", "app", "service"),
+            self._request_hist.items(),
+        )
+        yield _histogram_family(
+            "appgateway_upstream_duration_seconds",
+            "Time from sending upstream to the response headers.",
+            ("app", "service"),
+            self._upstream_hist.items(),
+        )
+        inflight = GaugeMetricFamily(INFLIGHT, "Requests being handled.", labels=("listener",))
+        for listener, gauge in self._inflight.items():
+            inflight.add_metric((listener,), gauge.value)
+        yield inflight
 
     def set_registry(self, *, apis: int, applications: int, errors: int) -> None:
         self.registry_apis.set(apis)

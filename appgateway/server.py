@@ -63,6 +63,7 @@ class Exchange(BodySource):
         "_body_allowed",
         "_chunked_out",
         "_close_after",
+        "_head",
     )
 
     def __init__(
@@ -91,6 +92,7 @@ class Exchange(BodySource):
         self._body_allowed = True
         self._chunked_out = False
         self._close_after = False
+        self._head = b""
 
     @property
     def has_body(self) -> bool:
@@ -188,18 +190,35 @@ class Exchange(BodySource):
             status, reason, headers, content_length=length, chunked=chunked, close=close
         )
         self.bytes_out += len(head)
-        self.conn.write(head)
+        # Held back and sent with the first body bytes: one write (and one segment) for a
+        # small response instead of two.
+        self._head = head
 
     async def write(self, data: bytes) -> None:
         if not self._body_allowed or not data:
             return
         self.bytes_out += len(data)
-        self.conn.write(http1.chunk(data) if self._chunked_out else data)
+        if self._chunked_out:
+            data = http1.chunk(data)
+        head = self._head
+        if head:
+            self._head = b""
+            data = head + data
+        self.conn.write(data)
         await self.conn.drain()
 
+    def flush_head(self) -> None:
+        """Send a held-back head now (the body will be slow to come)."""
+        if self._head:
+            self.conn.write(self._head)
+            self._head = b""
+
     def end(self) -> None:
-        if self._chunked_out:
-            self.conn.write(http1.LAST_CHUNK)
+        tail = http1.LAST_CHUNK if self._chunked_out else b""
+        head = self._head
+        if head or tail:
+            self._head = b""
+            self.conn.write(head + tail)
         self.finished = True
 
     def send_error(self, error: GatewayError) -> None:

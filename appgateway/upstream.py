@@ -270,6 +270,11 @@ class UpstreamConnection(asyncio.Protocol):
                 timer.cancel()
                 self._reader = None
 
+    @property
+    def body_buffered(self) -> bool:
+        """True when `read` can answer at once (data buffered, or the body has ended)."""
+        return bool(self._chunks) or self.complete
+
     def _wake_reader(self) -> None:
         reader = self._reader
         if reader is not None and not reader.done():
@@ -471,37 +476,41 @@ class Upstream:
         idle_timeout: float,
     ) -> UpstreamResponse:
         loop = self._loop
+        deadline = loop.time() + header_timeout
+        timer: asyncio.TimerHandle | None = None
         try:
-            async with asyncio.timeout(header_timeout) as deadline:
-                if conn is None:
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect(req.target, pool)
-                head_ready = conn.begin(req.method)
-                stream = req.stream
-                if stream is None:
-                    body = req.body
-                    head = http1.request_head(
+            head_ready = conn.begin(req.method)
+            # A plain timer on the head future: cheaper than asyncio.timeout per request.
+            timer = loop.call_at(deadline, _timeout_waiter, head_ready)
+            stream = req.stream
+            if stream is None:
+                body = req.body
+                head = http1.request_head(
+                    req.method,
+                    req.path,
+                    req.headers,
+                    content_length=None if body is None else len(body),
+                    chunked=False,
+                )
+                conn.write(head + body if body else head)
+            else:
+                conn.write(
+                    http1.request_head(
                         req.method,
                         req.path,
                         req.headers,
-                        content_length=None if body is None else len(body),
-                        chunked=False,
+                        content_length=stream.length,
+                        chunked=stream.length is None,
                     )
-                    conn.write(head + body if body else head)
-                else:
-                    conn.write(
-                        http1.request_head(
-                            req.method,
-                            req.path,
-                            req.headers,
-                            content_length=stream.length,
-                            chunked=stream.length is None,
-                        )
-                    )
-                    deadline.reschedule(None)
-                    conn.body_sent = False
-                    await self._stream_body(conn, stream, head_ready, idle_timeout)
-                    deadline.reschedule(loop.time() + header_timeout)
-                await head_ready
+                )
+                timer.cancel()  # the body streams under the idle timeout instead
+                conn.body_sent = False
+                await self._stream_body(conn, stream, head_ready, idle_timeout)
+                timer = loop.call_later(header_timeout, _timeout_waiter, head_ready)
+            await head_ready
         except TimeoutError:
             if conn is not None:
                 conn.abort()
@@ -523,6 +532,9 @@ class Upstream:
             if conn is not None:
                 conn.abort()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return UpstreamResponse(conn.status, conn.reason, conn.headers, conn.content_length, conn)
 
     async def _connect(self, target: Target, pool: Pool) -> UpstreamConnection:
