@@ -50,18 +50,25 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 
 
-def _connection_named(headers: Headers) -> set[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    named.discard(b"")
-    return named
-
-
 def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:
-    named = _connection_named(headers)
-    return [(n, v) for n, v in headers if (low := n.lower()) not in drop and low not in named]
+    """Drop `drop` and every field named by a Connection field, in one pass.
+
+    `drop` always contains `connection`, so the named fields are collected while dropping.
+    """
+    out: Headers = []
+    named: set[bytes] | None = None
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            if low == b"connection":
+                if named is None:
+                    named = set()
+                named.update(token.strip().lower() for token in value.split(b","))
+            continue
+        out.append((name, value))
+    if named:
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return out
 
 
 def outbound_headers(caller: Headers) -> Headers:

@@ -26,8 +26,8 @@ class Lookup(Protocol):
     def by_path(self, app: str, service: str, entry: str | None) -> API | GatewayError: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+@dataclass(slots=True)
+class Route:  # not frozen: built per request, and frozen __init__ is several times slower
     api: API
     rest: str | None  # escaped rest after routing (pre-normalised), None when absent
     mode: str  # "host" or "path"

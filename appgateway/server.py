@@ -271,6 +271,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._queue: deque[Exchange] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -310,7 +311,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.tracker.discard(self)
-        self._cancel_head_timer()
+        self._waiting_since = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for exchange in (self._parsing, self._active, *self._queue):
             if exchange is not None:
                 exchange._wake()
@@ -516,17 +520,26 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    # The request-timeout timer is lazy: arming only stamps the time, and one timer per
+    # connection re-arms itself for the remainder, so a busy keep-alive connection does not
+    # create and cancel a timer for every request.
     def _arm_head_timer(self) -> None:
-        self._timer = self.loop.call_later(self.request_timeout, self._head_timeout)
+        self._waiting_since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.request_timeout, self._head_timeout)
 
     def _cancel_head_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._waiting_since = None
 
     def _head_timeout(self) -> None:
         self._timer = None
-        if self._active is None:
+        since = self._waiting_since
+        if since is None or self.closed:
+            return
+        remaining = since + self.request_timeout - self.loop.time()
+        if remaining > 0.001:
+            self._timer = self.loop.call_later(remaining, self._head_timeout)
+        elif self._active is None:
             self.close()
 
     @property

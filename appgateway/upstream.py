@@ -12,6 +12,7 @@ import errno
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
@@ -93,6 +94,38 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.body_sent = True
+        self._head_deadline: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer_at = 0.0
+
+    # -- header timeout ----------------------------------------------------------------
+    # Lazy like the server's request timeout: one timer per connection that re-arms for
+    # the remainder, instead of a new timer handle for every request on a pooled connection.
+    def arm_head_timeout(self, deadline: float) -> None:
+        self._head_deadline = deadline
+        timer = self._head_timer
+        if timer is not None:
+            if self._head_timer_at <= deadline:
+                return
+            timer.cancel()
+        self._head_timer_at = deadline
+        self._head_timer = self._loop.call_at(deadline, self._head_expired)
+
+    def disarm_head_timeout(self) -> None:
+        self._head_deadline = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None or self.closed:
+            return
+        if self._loop.time() < deadline - 0.001:
+            self._head_timer_at = deadline
+            self._head_timer = self._loop.call_at(deadline, self._head_expired)
+            return
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,6 +153,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._head_waiter is not None and not self._head_waiter.done():
             if exc is None:
                 message = "connection closed before response headers"
@@ -314,8 +350,11 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections for one (scheme, host, port, verify, client cert)."""
 
-    def __init__(self, key: PoolKey, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, key: PoolKey, ssl_context: ssl.SSLContext | None, clock: Callable[[], float]
+    ) -> None:
         self.key = key
+        self._clock = clock
         self.ssl_context = ssl_context
         self.idle: deque[UpstreamConnection] = deque()
 
@@ -332,7 +371,7 @@ class Pool:
         if len(self.idle) >= POOL_MAX_IDLE:
             conn.abort()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = self._clock()
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
@@ -383,7 +422,7 @@ class Upstream:
         key: PoolKey = (target.scheme, target.host, target.port, verify, fingerprint)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(key, ctx)
+            pool = self._pools[key] = Pool(key, ctx, self._loop.time)
             if self._sweeper is None:
                 self._sweeper = self._loop.call_later(POOL_IDLE_SECONDS / 4, self._sweep)
         return pool
@@ -477,14 +516,12 @@ class Upstream:
     ) -> UpstreamResponse:
         loop = self._loop
         deadline = loop.time() + header_timeout
-        timer: asyncio.TimerHandle | None = None
         try:
             if conn is None:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect(req.target, pool)
             head_ready = conn.begin(req.method)
-            # A plain timer on the head future: cheaper than asyncio.timeout per request.
-            timer = loop.call_at(deadline, _timeout_waiter, head_ready)
+            conn.arm_head_timeout(deadline)
             stream = req.stream
             if stream is None:
                 body = req.body
@@ -506,11 +543,12 @@ class Upstream:
                         chunked=stream.length is None,
                     )
                 )
-                timer.cancel()  # the body streams under the idle timeout instead
+                conn.disarm_head_timeout()  # the body streams under the idle timeout instead
                 conn.body_sent = False
                 await self._stream_body(conn, stream, head_ready, idle_timeout)
-                timer = loop.call_later(header_timeout, _timeout_waiter, head_ready)
+                conn.arm_head_timeout(loop.time() + header_timeout)
             await head_ready
+            conn.disarm_head_timeout()
         except TimeoutError:
             if conn is not None:
                 conn.abort()
@@ -532,9 +570,6 @@ class Upstream:
             if conn is not None:
                 conn.abort()
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
         return UpstreamResponse(conn.status, conn.reason, conn.headers, conn.content_length, conn)
 
     async def _connect(self, target: Target, pool: Pool) -> UpstreamConnection:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from urllib.parse import quote, quote_plus, unquote_plus, unquote_to_bytes
 
 from appgateway.errors import BadRequest
@@ -82,12 +83,24 @@ def join(a: bytes, b: bytes | None) -> bytes:
     return a + b
 
 
+_NEEDS_NO_ESCAPE = re.compile(r"[A-Za-z0-9\-._~$&+,/:;=@]+")
+
+
+@lru_cache(maxsize=4096)
+def _canonical_target(target_path: str) -> bytes:
+    return canon(decode(target_path.encode("utf-8"))).encode("ascii")
+
+
 def wire_path(target_path: str, rest: str | None, encode_url: bool) -> str:
     """The path sent upstream (behaviour.md §3.2).
 
     `rest` is the pre-normalised (ASCII) rest from routing, or None when the caller sent none.
     The caller's own escaping is kept only when it means the same bytes as the canonical form.
     """
+    if rest and _NEEDS_NO_ESCAPE.fullmatch(rest):
+        # Common case: a rest that needs no escaping decodes to itself and is canonical in
+        # both modes, so the result is the canonical target joined with it.
+        return join(_canonical_target(target_path), rest.encode("ascii")).decode("ascii")
     t = decode(target_path.encode("utf-8"))
     r = None if rest is None else rest.encode("utf-8")
     decoded_rest = None if r is None else decode(r)
