@@ -70,7 +70,6 @@ class UpstreamUnavailable(GatewayError):
     def __init__(self, message: str = "", kind: str = "connect") -> None:
         super().__init__(message)
         self.kind = kind
-        self.before_response = False  # no response byte arrived: a stale pooled connection
 
 
 class UpstreamTimeout(GatewayError):

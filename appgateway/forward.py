@@ -201,7 +201,16 @@ class Forwarder:
         request = OutboundRequest(
             ex.method, target, path_qs.encode("latin-1"), headers, body, stream
         )
-        response = await self._send(request, resolved, api)
+        upstream = self._upstream
+        clock = self._clock
+        sent = clock()
+        response = await upstream.send(
+            request,
+            resolved.pool,
+            header_timeout=self._header_timeout,
+            idle_timeout=self._idle_timeout,
+        )
+        self._metrics.observe_upstream(api.ref.app, api.ref.service, clock() - sent)
         retried = False
         if response.status in (401, 403):
             await strategy.invalidate(applied)
@@ -214,23 +223,16 @@ class Forwarder:
                 request.headers = headers
                 retried = True
                 self._metrics.retry(api.ref.app, api.ref.service)
-                response = await self._send(request, resolved, api)
+                sent = clock()
+                response = await upstream.send(
+                    request,
+                    resolved.pool,
+                    header_timeout=self._header_timeout,
+                    idle_timeout=self._idle_timeout,
+                )
+                self._metrics.observe_upstream(api.ref.app, api.ref.service, clock() - sent)
         await self._relay(ex, route, response, target.origin + path_qs)
         return response.status, retried
-
-    async def _send(
-        self, request: OutboundRequest, resolved: Resolved, api: API
-    ) -> UpstreamResponse:
-        started = self._clock()
-        try:
-            return await self._upstream.send(
-                request,
-                resolved.pool,
-                header_timeout=self._header_timeout,
-                idle_timeout=self._idle_timeout,
-            )
-        finally:
-            self._metrics.observe_upstream(api.ref.app, api.ref.service, self._clock() - started)
 
     async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
         """Buffer bodies up to --retry-body-limit (retryable); stream the rest (behaviour.md §8)."""
@@ -305,24 +307,19 @@ class Forwarder:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
         self._metrics.observe_request(listener, app, service, status, duration)
         request_id = get_header(ex.headers, REQUEST_ID)
-        self._access.write(
-            {
-                "listener": listener,
-                "route": mode,
-                "app": app,
-                "service": service,
-                "entry": entry,
-                "method": ex.method.decode("latin-1"),
-                "path": path,
-                "status": status,
-                "upstream_status": upstream_status,
-                "retried": retried,
-                "duration_ms": round(duration * 1000, 3),
-                "bytes_in": ex.bytes_in,
-                "bytes_out": ex.bytes_out,
-                "error": error.message if error is not None else None,
-                "request_id": request_id.decode("latin-1") if request_id is not None else None,
-            }
+        access = self._access
+        access.request(
+            access.static_part(listener, mode, app, service, entry),
+            ex.method.decode("latin-1"),
+            path,
+            status,
+            upstream_status,
+            retried,
+            round(duration * 1000, 3),
+            ex.bytes_in,
+            ex.bytes_out,
+            error.message if error is not None else None,
+            request_id.decode("latin-1") if request_id is not None else None,
         )
 
 

@@ -28,6 +28,8 @@ _LEVELS: dict[str, int] = {
     "fatal": logging.CRITICAL,
 }
 
+_quote = json.encoder.encode_basestring_ascii
+
 _RESERVED = frozenset(("ts", "level", "logger", "msg"))
 _ACCESS_HEAD = 'Z","level":"info","logger":"access","msg":"request"'
 
@@ -155,6 +157,7 @@ class AccessLog:
         "_encode",
         "_loop",
         "_pending",
+        "_static",
     )
 
     def __init__(
@@ -168,6 +171,7 @@ class AccessLog:
         self._control = control
         self._loop = loop
         self._pending: list[str] = []
+        self._static: dict[tuple[str, str, str, str, str], str] = {}
         self._fd = stream if isinstance(stream, int) else -1
         self._stream = None if isinstance(stream, int) else stream
         self._second = -1
@@ -184,6 +188,62 @@ class AccessLog:
         body = self._encode(fields)
         sep = "," if len(body) > 2 else ""
         line = f"{self._prefix}.{millis:03d}{_ACCESS_HEAD}{sep}{body[1:]}\n"
+        if self._loop is not None:
+            if not self._pending:
+                self._loop.call_soon(self.flush)
+            self._pending.append(line)
+            return
+        self._emit(line)
+
+    def static_part(self, listener: str, route: str, app: str, service: str, entry: str) -> str:
+        """The route-dependent fields as JSON text, cached: they repeat on every request."""
+        key = (listener, route, app, service, entry)
+        part = self._static.get(key)
+        if part is None:
+            part = self._encode(
+                {
+                    "listener": listener,
+                    "route": route,
+                    "app": app,
+                    "service": service,
+                    "entry": entry,
+                }
+            )[1:-1]
+            if len(self._static) < 65536:
+                self._static[key] = part
+        return part
+
+    def request(
+        self,
+        static: str,
+        method: str,
+        path: str,
+        status: int,
+        upstream_status: int | None,
+        retried: bool,
+        duration_ms: float,
+        bytes_in: int,
+        bytes_out: int,
+        error: str | None,
+        request_id: str | None,
+    ) -> None:
+        """The access line, formatted by hand: same output as `write`, about 3x cheaper."""
+        if self._control.levelno > logging.INFO:
+            return
+        second, millis = divmod(int(time.time() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        q = _quote
+        line = (
+            f"{self._prefix}.{millis:03d}{_ACCESS_HEAD},{static},"
+            f'"method":{q(method)},"path":{q(path)},"status":{status},'
+            f'"upstream_status":{"null" if upstream_status is None else upstream_status},'
+            f'"retried":{"true" if retried else "false"},"duration_ms":{duration_ms!r},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+            f'"error":{"null" if error is None else q(error)},'
+            f'"request_id":{"null" if request_id is None else q(request_id)}}}\n'
+        )
         if self._loop is not None:
             if not self._pending:
                 self._loop.call_soon(self.flush)

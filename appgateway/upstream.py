@@ -454,70 +454,20 @@ class Upstream:
         *,
         header_timeout: float,
         idle_timeout: float,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """One attempt. A stale pooled connection is replaced once, transparently.
 
         A keep-alive connection that the target closed while idle fails before any response
         byte arrives; that is not the target's answer, so the request (when it is buffered
-        and can be replayed) goes again on a fresh connection.
+        and can be replayed) goes again on a fresh connection (`fresh=True`).
         """
-        conn = pool.acquire(self._loop.time())
-        while True:
-            fresh = conn is None
-            try:
-                return await self._attempt(req, pool, conn, header_timeout, idle_timeout)
-            except UpstreamUnavailable as exc:
-                stale = (
-                    not fresh
-                    and exc.kind == "protocol"
-                    and exc.before_response
-                    and req.stream is None
-                )
-                if not stale:
-                    raise
-                conn = None
-
-    async def fetch(
-        self, req: OutboundRequest, pool: Pool, *, deadline_s: float, limit: int = 1 << 20
-    ) -> tuple[int, Headers, bytes]:
-        """A whole small exchange (token and CSRF calls), bounded by one timeout.
-
-        Raises UpstreamTimeout/UpstreamUnavailable like `send`; a body over `limit` bytes is
-        a protocol failure, so a hostile endpoint cannot make us buffer without bound.
-        """
-        try:
-            async with asyncio.timeout(deadline_s):
-                response = await self.send(
-                    req, pool, header_timeout=deadline_s, idle_timeout=deadline_s
-                )
-                try:
-                    parts: list[bytes] = []
-                    size = 0
-                    while data := await response.read(deadline_s):
-                        size += len(data)
-                        if size > limit:
-                            raise UpstreamUnavailable("response body too large", "protocol")
-                        parts.append(data)
-                except BaseException:
-                    response.abort()
-                    raise
-                response.release()
-                return response.status, response.headers, b"".join(parts)
-        except TimeoutError:
-            raise UpstreamTimeout(f"timeout after {deadline_s:g}s") from None
-
-    async def _attempt(
-        self,
-        req: OutboundRequest,
-        pool: Pool,
-        conn: UpstreamConnection | None,
-        header_timeout: float,
-        idle_timeout: float,
-    ) -> UpstreamResponse:
+        conn = None if fresh else pool.acquire(self._loop.time())
         loop = self._loop
         deadline = loop.time() + header_timeout
         try:
             if conn is None:
+                fresh = True
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect(req.target, pool)
             head_ready = conn.begin(req.method)
@@ -555,8 +505,15 @@ class Upstream:
             raise UpstreamTimeout(f"timeout after {header_timeout:g}s") from None
         except UpstreamUnavailable as exc:
             if conn is not None:
-                exc.before_response = not conn.got_bytes
                 conn.abort()
+                if not fresh and exc.kind == "protocol" and not conn.got_bytes and not req.stream:
+                    return await self.send(
+                        req,
+                        pool,
+                        header_timeout=header_timeout,
+                        idle_timeout=idle_timeout,
+                        fresh=True,
+                    )
             raise
         except GatewayError:
             if conn is not None:
@@ -571,6 +528,35 @@ class Upstream:
                 conn.abort()
             raise
         return UpstreamResponse(conn.status, conn.reason, conn.headers, conn.content_length, conn)
+
+    async def fetch(
+        self, req: OutboundRequest, pool: Pool, *, deadline_s: float, limit: int = 1 << 20
+    ) -> tuple[int, Headers, bytes]:
+        """A whole small exchange (token and CSRF calls), bounded by one timeout.
+
+        Raises UpstreamTimeout/UpstreamUnavailable like `send`; a body over `limit` bytes is
+        a protocol failure, so a hostile endpoint cannot make us buffer without bound.
+        """
+        try:
+            async with asyncio.timeout(deadline_s):
+                response = await self.send(
+                    req, pool, header_timeout=deadline_s, idle_timeout=deadline_s
+                )
+                try:
+                    parts: list[bytes] = []
+                    size = 0
+                    while data := await response.read(deadline_s):
+                        size += len(data)
+                        if size > limit:
+                            raise UpstreamUnavailable("response body too large", "protocol")
+                        parts.append(data)
+                except BaseException:
+                    response.abort()
+                    raise
+                response.release()
+                return response.status, response.headers, b"".join(parts)
+        except TimeoutError:
+            raise UpstreamTimeout(f"timeout after {deadline_s:g}s") from None
 
     async def _connect(self, target: Target, pool: Pool) -> UpstreamConnection:
         ctx = pool.ssl_context

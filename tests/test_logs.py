@@ -228,3 +228,43 @@ def test_access_log_to_fd(control: LogControl) -> None:
             if fd >= 0:
                 os.close(fd)
     assert [(d["status"], d["n"]) for d in docs] == [(204, 1), (502, 2)]
+
+
+@pytest.mark.parametrize(
+    ("path", "upstream_status", "error", "request_id"),
+    [
+        ("/a/b", 200, None, None),
+        ('/we"ird\\path\u00e9', None, "x<y>&z", "req-1"),
+        ("/", 502, "failed", ""),
+    ],
+)
+def test_access_request_matches_the_generic_writer(
+    path: str, upstream_status: int | None, error: str | None, request_id: str | None
+) -> None:
+    out = io.StringIO()
+    control = setup_logging("info", io.StringIO())
+    access = AccessLog(out, control)
+    fields: dict[str, object] = {
+        "listener": "proxy",
+        "route": "path",
+        "app": "a",
+        "service": "s",
+        "entry": "e",
+        "method": "GET",
+        "path": path,
+        "status": 200,
+        "upstream_status": upstream_status,
+        "retried": True,
+        "duration_ms": 1.5,
+        "bytes_in": 3,
+        "bytes_out": 4,
+        "error": error,
+        "request_id": request_id,
+    }
+    access.write(fields)
+    static = access.static_part("proxy", "path", "a", "s", "e")
+    access.request(static, "GET", path, 200, upstream_status, True, 1.5, 3, 4, error, request_id)
+    generic, fast = (json.loads(line) for line in out.getvalue().splitlines())
+    generic.pop("ts")
+    fast.pop("ts")
+    assert list(fast.items()) == list(generic.items())
