@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ class Forwarder:
         self._header_timeout = settings.proxy_timeout
         self._idle_timeout = settings.idle_timeout
         self._retry_limit = settings.retry_body_limit
+        self._request_prefix = os.urandom(6).hex().encode()
+        self._request_count = 0
 
     async def handle_proxy(self, ex: Exchange) -> None:
         await self._handle(ex, "proxy")
@@ -142,6 +145,7 @@ class Forwarder:
         retried = False
         target = ex.target.decode("latin-1")
         path = target
+        ex.request_id = get_header(ex.headers, REQUEST_ID)
         try:
             if not self._registry.ready:
                 raise NotReady("registry not loaded yet")
@@ -186,6 +190,12 @@ class Forwarder:
         api = route.api
         target = api.target
         headers = outbound_headers(ex.headers)
+        if ex.request_id is None:
+            # Correlate the access line with the target's logs: one id per request, made
+            # from a per-process random prefix and a counter (cheaper than a UUID).
+            self._request_count += 1
+            ex.request_id = b"%s-%d" % (self._request_prefix, self._request_count)
+            headers.append((b"X-Request-Id", ex.request_id))
         strategy = resolved.strategy
         token = take_access_token(headers)
         if token is not None:
@@ -306,7 +316,7 @@ class Forwarder:
             if ref_holder is not None:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
         self._metrics.observe_request(listener, app, service, status, duration)
-        request_id = get_header(ex.headers, REQUEST_ID)
+        request_id = ex.request_id
         access = self._access
         access.request(
             access.static_part(listener, mode, app, service, entry),
@@ -319,7 +329,7 @@ class Forwarder:
             ex.bytes_in,
             ex.bytes_out,
             error.message if error is not None else None,
-            request_id.decode("latin-1") if request_id is not None else None,
+            request_id.decode("latin-1") if request_id else None,
         )
 
 

@@ -64,6 +64,7 @@ class Exchange(BodySource):
         "_chunked_out",
         "_close_after",
         "_head",
+        "request_id",
     )
 
     def __init__(
@@ -93,6 +94,7 @@ class Exchange(BodySource):
         self._chunked_out = False
         self._close_after = False
         self._head = b""
+        self.request_id: bytes | None = None
 
     @property
     def has_body(self) -> bool:

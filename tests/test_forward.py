@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import socket
 import struct
 import time
@@ -354,7 +355,18 @@ async def test_headers_are_forwarded_as_received(rig: Rig) -> None:
 async def test_no_default_headers_are_added(rig: Rig) -> None:
     await rig.call("GET", "/shop/orders/bare", [("Host", "gw")])
     (seen,) = rig.api.requests
-    assert seen.headers == [("Host", f"127.0.0.1:{rig.api.port}")]
+    # Only the generated request id (issue: operability) and Host; no User-Agent, Accept...
+    assert [name for name, _ in seen.headers] == ["X-Request-Id", "Host"]
+    assert re.fullmatch(r"[0-9a-f]{12}-\d+", seen.value("X-Request-Id") or "")
+    assert seen.value("Host") == f"127.0.0.1:{rig.api.port}"
+
+
+async def test_callers_request_id_is_kept_and_logged(rig: Rig) -> None:
+    await rig.call("GET", "/shop/orders/rid", [("Host", "gw"), ("X-Request-Id", "abc-1")])
+    (seen,) = rig.api.requests
+    assert seen.values("X-Request-Id") == ["abc-1"]
+    (line,) = rig.access()
+    assert line["request_id"] == "abc-1"
 
 
 async def test_basic_replaces_the_callers_authorization(rig: Rig) -> None:
@@ -386,7 +398,8 @@ async def test_request_parameters_are_added_when_absent(rig: Rig) -> None:
     assert (await rig.call("GET", "/shop/params/x?a=1", headers)).status == 200
     (seen,) = rig.api.requests
     assert seen.target == "/params-api/x?fixed=1&a=1&lang=EN"
-    assert upstream_headers(seen) == [("x-api-key", "mine"), ("X-Multi", "a"), ("X-Multi", "b")]
+    added = [(n, v) for n, v in upstream_headers(seen) if n != "X-Request-Id"]
+    assert added == [("x-api-key", "mine"), ("X-Multi", "a"), ("X-Multi", "b")]
 
 
 # -- bodies and the retry -------------------------------------------------------------------------
@@ -613,12 +626,8 @@ async def test_access_log_line_for_host_route_and_errors(rig: Rig) -> None:
     await rig.call("GET", "/x", [("Host", "shop-o1")])
     await rig.call("GET", "/shop/nope", listener="compass")
     host, error = rig.access()
-    assert (host["route"], host["service"], host["path"], host["request_id"]) == (
-        "host",
-        "orders",
-        "/x",
-        None,
-    )
+    assert (host["route"], host["service"], host["path"]) == ("host", "orders", "/x")
+    assert re.fullmatch(r"[0-9a-f]{12}-\d+", host["request_id"])  # generated
     assert error["listener"] == "compass" and error["status"] == 400
     assert error["app"] == "" and error["upstream_status"] is None
     assert error["error"] == "failed to extract API Identifier from path"
