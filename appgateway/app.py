@@ -22,11 +22,12 @@ from pathlib import Path
 
 from appgateway.admin import make_admin_app, start_admin
 from appgateway.auth import make_deps
-from appgateway.config import Settings
+from appgateway.config import ConfigurationError, Settings, environ_proxies
 from appgateway.demo.api import default_registry_text
 from appgateway.forward import Forwarder
 from appgateway.logs import AccessLog, LogControl
 from appgateway.metrics import Metrics
+from appgateway.proxy import ProxyConfig
 from appgateway.registry import Registry
 from appgateway.registry.folder import FolderRegistry
 from appgateway.registry.snapshot import Snapshot
@@ -128,8 +129,12 @@ class Gateway:
             await registry.start()
             stack.push_async_callback(registry.stop)
 
+            try:
+                proxies = ProxyConfig.from_environment(environ_proxies())
+            except ValueError as exc:
+                raise ConfigurationError(f"HTTP_PROXY/HTTPS_PROXY: {exc}") from None
             tls = TlsContexts()
-            upstream = Upstream(loop)
+            upstream = Upstream(loop, proxies)
             stack.callback(upstream.close)
             access = AccessLog(sys.stderr.fileno(), self.log_control, loop)
             stack.callback(access.flush)

@@ -20,6 +20,7 @@ import httptools
 from appgateway import http1
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import Headers, Target
+from appgateway.proxy import ProxyConfig
 
 HIGH_WATER = 256 * 1024
 MAX_RESPONSE_HEAD = 1024 * 1024
@@ -94,6 +95,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.body_sent = True
+        # Set when the connection goes through an HTTP proxy (plain http targets only):
+        # request targets are sent in absolute form, with the proxy's credentials.
+        self.absolute_prefix = b""
+        self.proxy_authorization: bytes | None = None
         self._head_deadline: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_timer_at = 0.0
@@ -411,8 +416,9 @@ class UpstreamResponse:
 class Upstream:
     """Sends requests over pooled connections; one instance per process."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, proxies: ProxyConfig | None = None) -> None:
         self._loop = loop
+        self._proxies = proxies
         self._pools: dict[PoolKey, Pool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -473,12 +479,18 @@ class Upstream:
             head_ready = conn.begin(req.method)
             conn.arm_head_timeout(deadline)
             stream = req.stream
+            path = req.path
+            headers = req.headers
+            if conn.absolute_prefix:
+                path = conn.absolute_prefix + path
+                if conn.proxy_authorization is not None:
+                    headers = [*headers, (b"Proxy-Authorization", conn.proxy_authorization)]
             if stream is None:
                 body = req.body
                 head = http1.request_head(
                     req.method,
-                    req.path,
-                    req.headers,
+                    path,
+                    headers,
                     content_length=None if body is None else len(body),
                     chunked=False,
                 )
@@ -487,8 +499,8 @@ class Upstream:
                 conn.write(
                     http1.request_head(
                         req.method,
-                        req.path,
-                        req.headers,
+                        path,
+                        headers,
                         content_length=stream.length,
                         chunked=stream.length is None,
                     )
@@ -559,15 +571,39 @@ class Upstream:
             raise UpstreamTimeout(f"timeout after {deadline_s:g}s") from None
 
     async def _connect(self, target: Target, pool: Pool) -> UpstreamConnection:
+        loop = self._loop
         ctx = pool.ssl_context
-        _, protocol = await self._loop.create_connection(
-            lambda: UpstreamConnection(self._loop, pool),
-            target.host,
-            target.port,
-            ssl=ctx,
-            server_hostname=target.host if ctx is not None else None,
-        )
-        return protocol
+        proxy = None
+        if self._proxies is not None:
+            proxy = self._proxies.proxy_for(target.scheme, target.host, target.port)
+        if proxy is None:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(loop, pool),
+                target.host,
+                target.port,
+                ssl=ctx,
+                server_hostname=target.host if ctx is not None else None,
+            )
+            return conn
+        if ctx is None:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(loop, pool), proxy.host, proxy.port
+            )
+            conn.absolute_prefix = target.origin.encode()
+            conn.proxy_authorization = proxy.authorization
+            return conn
+        transport, tunnel = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        try:
+            await tunnel.open(target, proxy.authorization)
+            conn = UpstreamConnection(loop, pool)
+            tls = await loop.start_tls(transport, conn, ctx, server_hostname=target.host)
+        except BaseException:
+            transport.abort()
+            raise
+        if tls is None:  # pragma: no cover - only when the transport closed meanwhile
+            raise UpstreamUnavailable("proxy tunnel closed during the TLS handshake", "tls")
+        conn.connection_made(tls)
+        return conn
 
     async def _stream_body(
         self,
@@ -587,6 +623,44 @@ class Upstream:
             pump.result()  # re-raise a send failure
             return
         pump.add_done_callback(_ignore_result)
+
+
+class _Tunnel(asyncio.Protocol):
+    """Opens a CONNECT tunnel through an HTTP proxy; TLS to the target then runs inside it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\r\n\r\n" in self._buffer and not self._done.done():
+            self._done.set_result(self._buffer)
+        elif len(self._buffer) > 65536 and not self._done.done():
+            self._done.set_exception(UpstreamUnavailable("proxy answer too large", "connect"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(UpstreamUnavailable("proxy closed the tunnel", "connect"))
+
+    async def open(self, target: Target, authorization: bytes | None) -> None:
+        assert self.transport is not None
+        authority = b"%s:%d" % (target.host.encode("idna"), target.port)
+        if ":" in target.host:
+            authority = b"[%s]:%d" % (target.host.encode(), target.port)
+        lines = [b"CONNECT " + authority + b" HTTP/1.1", b"Host: " + authority]
+        if authorization is not None:
+            lines.append(b"Proxy-Authorization: " + authorization)
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        answer = await self._done
+        status_line = answer.split(b"\r\n", 1)[0].split()
+        if len(status_line) < 2 or not status_line[1].startswith(b"2"):
+            code = status_line[1].decode("latin-1") if len(status_line) > 1 else "?"
+            raise UpstreamUnavailable(f"proxy refused CONNECT: status {code}", "connect")
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:
