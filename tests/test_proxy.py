@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from appgateway.errors import UpstreamUnavailable
+from appgateway.model import Target
 from appgateway.proxy import ProxyConfig, ProxyServer, parse_proxy_url
 from appgateway.tls import TlsContexts
-from appgateway.upstream import Upstream
+from appgateway.upstream import OutboundRequest, Upstream
 from tests.conftest import RawServer, ServerFactory
 from tests.test_upstream import Pki, exchange, outbound, pki, target_of
 
@@ -178,11 +180,8 @@ async def test_refused_connect_is_a_502() -> None:
     port = proxy_server.sockets[0].getsockname()[1]
     config = ProxyConfig.from_environment({"https_proxy": f"http://127.0.0.1:{port}"})
     upstream = Upstream(asyncio.get_running_loop(), config)
-    target = target_of(await servers()).__class__("https", "127.0.0.1", 9, "127.0.0.1:9", "/", "")
+    target = Target("https", "127.0.0.1", 9, "127.0.0.1:9", "/", "")
     try:
-        from appgateway.errors import UpstreamUnavailable
-        from appgateway.upstream import OutboundRequest
-
         pool = upstream.pool(target, False, "", TlsContexts().get(False, None))
         request = OutboundRequest(b"GET", target, b"/", [(b"Host", b"127.0.0.1:9")], None)
         with pytest.raises(UpstreamUnavailable) as info:
