@@ -274,6 +274,8 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[Exchange] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None
+        self._in_head = True  # between messages or inside a head: bytes count against MAX_HEAD
+        self._head_bytes = 0
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -292,6 +294,19 @@ class ClientConnection(asyncio.Protocol):
         if self._broken:
             return
         try:
+            if self._in_head:
+                # Bound the head by bytes received, not per field: llhttp buffers a field
+                # until it ends, so one endless header would otherwise grow without limit.
+                allowance = MAX_HEAD - self._head_bytes
+                if len(data) > allowance:
+                    self._head_bytes = MAX_HEAD
+                    self._parser.feed_data(data[:allowance])
+                    if self._in_head:
+                        self._protocol_error(431, "request header fields too large")
+                        return
+                    data = data[allowance:]
+                else:
+                    self._head_bytes += len(data)
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :] if exc.args else b"")
@@ -359,6 +374,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
+        self._in_head = False
+        self._head_bytes = 0
         parser = self._parser
         if parser.get_http_version() not in ("1.1", "1.0"):
             self._reject(400, "malformed request: unsupported HTTP version")
@@ -391,6 +408,7 @@ class ClientConnection(asyncio.Protocol):
             exchange._feed(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
         exchange = self._parsing
         if exchange is not None:
             exchange._feed_eof()

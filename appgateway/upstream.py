@@ -83,6 +83,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers: Headers = []
         self._head_size = 0
+        self._head_seen = False
+        self._head_bytes = 0
         self.content_length: int | None = None
         self.body_until_eof = False
         self.keep_alive = False
@@ -143,9 +145,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         try:
+            if not self._head_seen:
+                # Bound the head by bytes received, not per field: llhttp buffers a field
+                # until it ends, so one endless header would otherwise grow without limit.
+                allowance = MAX_RESPONSE_HEAD - self._head_bytes
+                if len(data) > allowance:
+                    self._head_bytes = MAX_RESPONSE_HEAD
+                    self._parser.feed_data(data[:allowance])
+                    if not self._head_seen:
+                        raise UpstreamUnavailable("response header too large", "protocol")
+                    data = data[allowance:]
+                else:
+                    self._head_bytes += len(data)
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnavailable(f"invalid response: {exc}", "protocol"))
+        except (httptools.HttpParserError, UpstreamUnavailable) as exc:
+            if isinstance(exc, UpstreamUnavailable):
+                self._fail(exc)
+            else:
+                self._fail(UpstreamUnavailable(f"invalid response: {exc}", "protocol"))
             self.abort()
             return
         if self._reset_parser:
@@ -211,6 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.reason = b""
             return
         self.status = status
+        self._head_seen = True
         self.keep_alive = bool(self._parser.should_keep_alive())
         length: int | None = None
         chunked = False
@@ -250,6 +268,8 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, method: bytes) -> asyncio.Future[None]:
         self.in_use = True
         self.got_bytes = False
+        self._head_seen = False
+        self._head_bytes = 0
         self._head_request = method == b"HEAD"
         self.status = 0
         self.reason = b""
