@@ -74,9 +74,9 @@ class Listeners:
 
 def make_registry(settings: Settings, stack_cleanup: list[Callable[[], None]]) -> Registry:
     if settings.kubernetes:
-        from appgateway.config import ConfigurationError
+        from appgateway.registry.kubernetes import KubernetesRegistry
 
-        raise ConfigurationError("--kubernetes is not available in this build yet")
+        return KubernetesRegistry.from_settings(settings)
     path = settings.registry
     if path is None:
         folder = tempfile.TemporaryDirectory(prefix="appgateway-demo-")
@@ -158,10 +158,12 @@ class Gateway:
             )
 
             def on_change(snapshot: Snapshot) -> None:
+                self._observe_registry(snapshot)
                 forwarder.on_registry_change(snapshot)
                 tls.retain([cert.fingerprint for cert in snapshot.client_certs()])
 
             registry.on_change = on_change
+            self._observe_registry(registry.snapshot())
 
             admin_app = make_admin_app(
                 ready=self.ready,
@@ -224,6 +226,14 @@ class Gateway:
             await asyncio.sleep(0.05)
         for tracker in trackers:
             tracker.abort_all()
+
+    def _observe_registry(self, snapshot: Snapshot) -> None:
+        self.metrics.set_registry(
+            apis=snapshot.api_count,
+            applications=snapshot.application_count,
+            errors=snapshot.error_count,
+        )
+        self.metrics.registry_reload("ok")
 
     def _listening(self, listener: str, host: str, port: int) -> None:
         self.ports[listener] = port

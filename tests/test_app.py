@@ -115,6 +115,10 @@ async def test_run_serves_and_stops(
     assert [r.target for r in api.requests] == ["/api/x", "/api/y"]
     status, metrics = await http_get(run.ports["admin"], "/metrics", clients)
     assert status == 200 and b"appgateway_requests_total" in metrics
+    # The registry gauges describe the loaded snapshot (one Application, its APIs).
+    assert b"\nappgateway_registry_applications 1.0\n" in metrics
+    assert b"\nappgateway_registry_apis 0.0\n" not in metrics
+    assert b'appgateway_registry_reloads_total{result="ok"}' in metrics
 
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     listening = [line for line in lines if line["msg"] == "listening"]
