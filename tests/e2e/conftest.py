@@ -30,6 +30,8 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
+from tests.e2e.credentials_api import CredentialsAPI, Pki, make_pki
+
 REPO = Path(__file__).resolve().parents[2]
 
 PROXY_AND_TLS_VARIABLES = (
@@ -446,6 +448,24 @@ def upstream(upstream_server: MockUpstream) -> MockUpstream:
     return upstream_server
 
 
+@pytest.fixture(scope="session")
+def credentials_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A server CA, a client CA, a rogue CA of the same name, and leaves of each."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def credentials_api(
+    credentials_pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CredentialsAPI]:
+    """The token, CSRF and protected-resource mock (tests/e2e/credentials_api.py)."""
+    server = CredentialsAPI(credentials_pki, tmp_path_factory.mktemp("credentials-api")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Registry documents.
 
@@ -525,9 +545,13 @@ def write_manifest(folder: Path, filename: str, docs: Sequence[Doc] | str) -> Pa
 class Gateway:
     """`python -m appgateway serve` on ephemeral ports, with its JSON log lines collected."""
 
-    def __init__(self, registry: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, registry: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
         self.registry = registry
         self.args = list(args)
+        self.env = dict(env or {})
+        """Set on top of `gateway_environment()`, e.g. SSL_CERT_FILE for a test CA."""
         self.logs: list[dict[str, Any]] = []
         self.raw_lines: list[str] = []
         self.ports: dict[str, int] = {}
@@ -559,7 +583,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=REPO,
-            env=gateway_environment(),
+            env={**gateway_environment(), **self.env},
         )
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
