@@ -179,11 +179,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
         if self._head_waiter is not None and not self._head_waiter.done():
-            if exc is None:
-                message = "connection closed before response headers"
-            else:
+            kind = "protocol"
+            if exc is not None:
                 message = f"connection lost before response headers: {_reason(exc)}"
-            self._head_waiter.set_exception(UpstreamUnavailable(message, "protocol"))
+            elif self.pool.ssl_context is not None and not self.got_bytes:
+                # With TLS 1.3 a rejected client certificate shows up only as the target
+                # closing the connection after the handshake, before any response byte.
+                kind = "tls"
+                message = (
+                    "TLS: connection closed by the target before response headers"
+                    " (client certificate rejected?)"
+                )
+            else:
+                message = "connection closed before response headers"
+            self._head_waiter.set_exception(UpstreamUnavailable(message, kind))
         elif not self.complete:
             if self.body_until_eof and exc is None:
                 self.complete = True
@@ -538,7 +547,7 @@ class Upstream:
         except UpstreamUnavailable as exc:
             if conn is not None:
                 conn.abort()
-                if not fresh and exc.kind == "protocol" and not conn.got_bytes and not req.stream:
+                if not fresh and exc.kind != "connect" and not conn.got_bytes and not req.stream:
                     return await self.send(
                         req,
                         pool,
