@@ -22,10 +22,15 @@ def render_json(status: int, message: str) -> bytes:
 class GatewayError(Exception):
     status: ClassVar[int] = 500
     json_body: ClassVar[bool] = True
+    error_class: ClassVar[str] = "internal"  # the access log's short, bounded error category
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
+
+    def classify(self) -> str:
+        """A short, bounded category for the access log (never the message itself)."""
+        return self.error_class
 
     def body(self) -> bytes:
         return render_json(self.status, self.message) if self.json_body else b""
@@ -33,32 +38,38 @@ class GatewayError(Exception):
 
 class BadRequest(GatewayError):
     status = 400
+    error_class = "bad_request"
 
 
 class NotFound(GatewayError):
     status = 404
+    error_class = "not_found"
 
 
 class ConfigError(GatewayError):
     """The API's configuration is unusable (Secret, parameters, certificate, URL)."""
 
     status = 500
+    error_class = "config"
 
 
 class TokenError(GatewayError):
     """The OAuth token or CSRF endpoint failed."""
 
     status = 502
+    error_class = "token"
 
 
 class TokenErrorMTLS(GatewayError):
     """OAuthWithCert failures are 500, as in Kyma."""
 
     status = 500
+    error_class = "token"
 
 
 class NotReady(GatewayError):
     status = 503
+    error_class = "not_ready"
 
 
 class UpstreamUnavailable(GatewayError):
@@ -71,6 +82,9 @@ class UpstreamUnavailable(GatewayError):
         super().__init__(message)
         self.kind = kind
 
+    def classify(self) -> str:
+        return "upstream_" + self.kind
+
 
 class UpstreamTimeout(GatewayError):
     status = 504
@@ -79,3 +93,6 @@ class UpstreamTimeout(GatewayError):
     def __init__(self, message: str = "", kind: str = "timeout") -> None:
         super().__init__(message)
         self.kind = kind
+
+    def classify(self) -> str:
+        return "upstream_" + self.kind

@@ -142,6 +142,7 @@ class Forwarder:
         route: Route | None = None
         error: GatewayError | None = None
         upstream_status: int | None = None
+        upstream_s: float | None = None
         retried = False
         target = ex.target.decode("latin-1")
         path = target
@@ -164,7 +165,7 @@ class Forwarder:
                     host = value.decode("latin-1") if value is not None else None
                 route = route_proxy(snapshot, host, path)
             resolved = self._resolve(route.api, snapshot)
-            upstream_status, retried = await self._forward(ex, route, resolved, query)
+            upstream_status, retried, upstream_s = await self._forward(ex, route, resolved, query)
         except GatewayError as exc:
             error = exc
             if isinstance(exc, UpstreamUnavailable | UpstreamTimeout) and route is not None:
@@ -182,11 +183,13 @@ class Forwarder:
             raise
         finally:
             inflight.dec()
-            self._record(ex, listener, route, path, start, upstream_status, retried, error)
+            self._record(
+                ex, listener, route, path, start, upstream_status, upstream_s, retried, error
+            )
 
     async def _forward(
         self, ex: Exchange, route: Route, resolved: Resolved, query: str
-    ) -> tuple[int | None, bool]:
+    ) -> tuple[int | None, bool, float]:
         api = route.api
         target = api.target
         headers = outbound_headers(ex.headers)
@@ -220,7 +223,8 @@ class Forwarder:
             header_timeout=self._header_timeout,
             idle_timeout=self._idle_timeout,
         )
-        self._metrics.observe_upstream(api.ref.app, api.ref.service, clock() - sent)
+        upstream_s = clock() - sent
+        self._metrics.observe_upstream(api.ref.app, api.ref.service, upstream_s)
         retried = False
         if response.status in (401, 403):
             await strategy.invalidate(applied)
@@ -240,9 +244,10 @@ class Forwarder:
                     header_timeout=self._header_timeout,
                     idle_timeout=self._idle_timeout,
                 )
-                self._metrics.observe_upstream(api.ref.app, api.ref.service, clock() - sent)
+                upstream_s = clock() - sent
+                self._metrics.observe_upstream(api.ref.app, api.ref.service, upstream_s)
         await self._relay(ex, route, response, target.origin + path_qs)
-        return response.status, retried
+        return response.status, retried, upstream_s
 
     async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
         """Buffer bodies up to --retry-body-limit (retryable); stream the rest (behaviour.md §8)."""
@@ -297,6 +302,7 @@ class Forwarder:
         path: str,
         start: float,
         upstream_status: int | None,
+        upstream_s: float | None,
         retried: bool,
         error: GatewayError | None,
     ) -> None:
@@ -326,9 +332,11 @@ class Forwarder:
             upstream_status,
             retried,
             round(duration * 1000, 3),
+            None if upstream_s is None else round(upstream_s * 1000, 3),
             ex.bytes_in,
             ex.bytes_out,
             error.message if error is not None else None,
+            error.classify() if error is not None else None,
             request_id.decode("latin-1") if request_id else None,
         )
 
@@ -337,3 +345,4 @@ class _CallerGone(GatewayError):
     """Not sent to anyone: the caller left. Logged with the conventional 499."""
 
     status = 499
+    error_class = "caller_gone"

@@ -222,9 +222,11 @@ class AccessLog:
         upstream_status: int | None,
         retried: bool,
         duration_ms: float,
+        upstream_ms: float | None,
         bytes_in: int,
         bytes_out: int,
         error: str | None,
+        error_class: str | None,
         request_id: str | None,
     ) -> None:
         """The access line, formatted by hand: same output as `write`, about 3x cheaper."""
@@ -240,8 +242,10 @@ class AccessLog:
             f'"method":{q(method)},"path":{q(path)},"status":{status},'
             f'"upstream_status":{"null" if upstream_status is None else upstream_status},'
             f'"retried":{"true" if retried else "false"},"duration_ms":{duration_ms!r},'
+            f'"upstream_ms":{"null" if upstream_ms is None else repr(upstream_ms)},'
             f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
             f'"error":{"null" if error is None else q(error)},'
+            f'"error_class":{"null" if error_class is None else q(error_class)},'
             f'"request_id":{"null" if request_id is None else q(request_id)}}}\n'
         )
         if self._loop is not None:

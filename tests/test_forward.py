@@ -601,6 +601,8 @@ async def test_access_log_line(rig: Rig) -> None:
     assert isinstance(duration, float | int) and duration >= 0
     bytes_out = line.pop("bytes_out")
     assert bytes_out >= len(resp.body)
+    upstream_ms = line.pop("upstream_ms")
+    assert isinstance(upstream_ms, float | int) and 0 <= upstream_ms <= duration
     assert line == {
         "level": "info",
         "logger": "access",
@@ -617,6 +619,7 @@ async def test_access_log_line(rig: Rig) -> None:
         "retried": False,
         "bytes_in": 5,
         "error": None,
+        "error_class": None,
         "request_id": "rid-7",
     }
     assert "secret" not in rig.log.getvalue()
@@ -631,6 +634,7 @@ async def test_access_log_line_for_host_route_and_errors(rig: Rig) -> None:
     assert error["listener"] == "compass" and error["status"] == 400
     assert error["app"] == "" and error["upstream_status"] is None
     assert error["error"] == "failed to extract API Identifier from path"
+    assert error["error_class"] == "bad_request" and error["upstream_ms"] is None
 
 
 async def test_metrics_count_requests(rig: Rig) -> None:

@@ -256,14 +256,30 @@ def test_access_request_matches_the_generic_writer(
         "upstream_status": upstream_status,
         "retried": True,
         "duration_ms": 1.5,
+        "upstream_ms": None if upstream_status is None else 0.25,
         "bytes_in": 3,
         "bytes_out": 4,
         "error": error,
+        "error_class": None if error is None else "upstream_timeout",
         "request_id": request_id,
     }
     access.write(fields)
     static = access.static_part("proxy", "path", "a", "s", "e")
-    access.request(static, "GET", path, 200, upstream_status, True, 1.5, 3, 4, error, request_id)
+    access.request(
+        static,
+        "GET",
+        path,
+        200,
+        upstream_status,
+        True,
+        1.5,
+        None if upstream_status is None else 0.25,
+        3,
+        4,
+        error,
+        None if error is None else "upstream_timeout",
+        request_id,
+    )
     generic, fast = (json.loads(line) for line in out.getvalue().splitlines())
     generic.pop("ts")
     fast.pop("ts")
