@@ -218,3 +218,12 @@ def settings_environment(settings: Settings, **overrides: object) -> dict[str, s
         else:
             env[key] = str(value)
     return env
+
+
+def kubernetes_service_address() -> tuple[str, str]:
+    """KUBERNETES_SERVICE_HOST and _PORT: the kubelet sets them in every pod, and the in-cluster
+    Kubernetes source connects there. Empty strings outside a cluster."""
+    return (
+        os.environ.get("KUBERNETES_SERVICE_HOST", ""),
+        os.environ.get("KUBERNETES_SERVICE_PORT", ""),
+    )

@@ -26,6 +26,7 @@ PURE = [
     "registry/parse",
     "registry/snapshot",
     "auth/flows",
+    "registry/kubeconfig",
 ]
 IO_IMPORTS = {"asyncio", "ssl", "socket", "aiohttp", "httptools", "uvloop", "watchfiles", "os"}
 
