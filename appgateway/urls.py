@@ -155,6 +155,7 @@ def split_host_port(authority: str) -> tuple[str, str | None]:
     return host, port
 
 
+@lru_cache(maxsize=65536)  # Target is immutable; a registry rebuild re-parses the same URLs
 def parse_target(url: str) -> Target:
     """Parse an API's `targetUrl`: absolute http(s) with a host. Userinfo is ignored."""
     if not url:
