@@ -40,6 +40,7 @@ from appgateway.upstream import (
     StreamedBody,
     Upstream,
     UpstreamResponse,
+    pool_key,
 )
 from appgateway.urls import merge_query, wire_path
 
@@ -122,16 +123,8 @@ class Forwarder:
         apis = [route.api for route in snapshot.routes if route.api is not None]
         for api in apis:
             cert = connection_cert(api.credentials)
-            target = api.target
-            keys.add(
-                (
-                    target.scheme,
-                    target.host,
-                    target.port,
-                    not api.skip_verify,
-                    cert.fingerprint if cert is not None else "",
-                )
-            )
+            fingerprint = cert.fingerprint if cert is not None else ""
+            keys.add(pool_key(api.target, not api.skip_verify, fingerprint))
         self._upstream.retain(keys | retain(self._auth, apis))
 
     # -- pipeline ---------------------------------------------------------------------

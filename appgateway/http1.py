@@ -70,28 +70,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def _complete(status: int, body: bytes, close: bool) -> bytes:
+    headers: Headers = [(b"Content-Type", JSON_CONTENT_TYPE)] if body else []
+    head = response_head(status, b"", headers, content_length=len(body), chunked=False, close=close)
+    return head + body
+
+
 def error_response(error: GatewayError, *, close: bool) -> bytes:
     """A complete gateway-made response: JSON body, or empty for transport failures."""
-    body = error.body()
-    headers: Headers = [(b"Content-Type", JSON_CONTENT_TYPE)] if body else []
-    head = response_head(
-        error.status, b"", headers, content_length=len(body), chunked=False, close=close
-    )
-    return head + body
+    return _complete(error.status, error.body(), close)
 
 
 def simple_error(status: int, message: str, *, close: bool = True) -> bytes:
     """Errors raised by the HTTP layer itself (malformed request, head too large)."""
-    body = render_json(status, message)
-    head = response_head(
-        status,
-        b"",
-        [(b"Content-Type", JSON_CONTENT_TYPE)],
-        content_length=len(body),
-        chunked=False,
-        close=close,
-    )
-    return head + body
+    return _complete(status, render_json(status, message), close)
 
 
 def body_allowed(status: int, method: bytes) -> bool:

@@ -19,7 +19,7 @@ import httptools
 from appgateway import http1
 from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import Headers
-from appgateway.upstream import BodySource
+from appgateway.upstream import BodySource, timeout_waiter
 
 log = logging.getLogger("appgateway.server")
 
@@ -29,11 +29,6 @@ HIGH_WATER = 256 * 1024
 
 class ClientGone(Exception):
     """The caller closed its connection or stalled past the idle timeout."""
-
-
-def _timeout_waiter(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class Exchange(BodySource):
@@ -144,7 +139,7 @@ class Exchange(BodySource):
             conn.resume_reading()
             waiter = conn.loop.create_future()
             self._waiter = waiter
-            timer = conn.loop.call_later(conn.idle_timeout, _timeout_waiter, waiter)
+            timer = conn.loop.call_later(conn.idle_timeout, timeout_waiter, waiter)
             try:
                 await waiter
             except TimeoutError:
@@ -509,7 +504,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientGone("caller closed the connection")
         waiter = self.loop.create_future()
         self._drain = waiter
-        timer = self.loop.call_later(self.idle_timeout, _timeout_waiter, waiter)
+        timer = self.loop.call_later(self.idle_timeout, timeout_waiter, waiter)
         try:
             await waiter
         except TimeoutError:

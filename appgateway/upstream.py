@@ -30,6 +30,11 @@ POOL_MAX_IDLE = 256
 PoolKey = tuple[str, str, int, bool, str]
 
 
+def pool_key(target: Target, verify: bool, fingerprint: str) -> PoolKey:
+    """Connections are shared per (scheme, host, port, verify flag, client-cert fingerprint)."""
+    return (target.scheme, target.host, target.port, verify, fingerprint)
+
+
 class BodySource:
     """What a streamed request body is read from (the caller's connection)."""
 
@@ -56,7 +61,8 @@ class OutboundRequest:
     stream: StreamedBody | None = None
 
 
-def _timeout_waiter(waiter: asyncio.Future[None]) -> None:
+def timeout_waiter(waiter: asyncio.Future[None]) -> None:
+    """A timer callback that fails a pending waiter with TimeoutError."""
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -71,8 +77,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
-        self.in_use = False
-        self.reused = False
         self.got_bytes = False
         # current exchange
         self._head_waiter: asyncio.Future[None] | None = None
@@ -275,7 +279,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange ---------------------------------------------------------------------
     def begin(self, method: bytes) -> asyncio.Future[None]:
-        self.in_use = True
         self.got_bytes = False
         self._head_seen = False
         self._head_bytes = 0
@@ -305,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamUnavailable("connection lost while sending", "protocol")
         waiter = self._loop.create_future()
         self._drain = waiter
-        timer = self._loop.call_later(idle_timeout, _timeout_waiter, waiter)
+        timer = self._loop.call_later(idle_timeout, timeout_waiter, waiter)
         try:
             await waiter
         finally:
@@ -331,7 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamUnavailable("connection lost during response body", "protocol")
             waiter = self._loop.create_future()
             self._reader = waiter
-            timer = self._loop.call_later(idle_timeout, _timeout_waiter, waiter)
+            timer = self._loop.call_later(idle_timeout, timeout_waiter, waiter)
             try:
                 await waiter
             except TimeoutError:
@@ -361,7 +364,6 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self) -> None:
         """Return the connection to its pool when the exchange ended cleanly, else close it."""
         self._head_waiter = None
-        self.in_use = False
         if (
             self.complete
             and self.keep_alive
@@ -369,7 +371,6 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.closed
             and not self._chunks
         ):
-            self.reused = True
             self.pool.release(self)
         else:
             self.abort()
@@ -454,7 +455,7 @@ class Upstream:
     def pool(
         self, target: Target, verify: bool, fingerprint: str, ctx: ssl.SSLContext | None
     ) -> Pool:
-        key: PoolKey = (target.scheme, target.host, target.port, verify, fingerprint)
+        key = pool_key(target, verify, fingerprint)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = Pool(key, ctx, self._loop.time)

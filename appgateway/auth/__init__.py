@@ -27,7 +27,7 @@ from appgateway.model import (
     OAuth,
     OAuthMTLS,
 )
-from appgateway.upstream import PoolKey
+from appgateway.upstream import PoolKey, pool_key
 from appgateway.urls import TargetURLError, parse_target
 
 __all__ = [
@@ -129,8 +129,7 @@ def _pool_key(url: str, verify: bool, cert: ClientCert | None) -> PoolKey | None
         target = parse_target(url)
     except TargetURLError:
         return None
-    fingerprint = cert.fingerprint if cert is not None else ""
-    return (target.scheme, target.host, target.port, verify, fingerprint)
+    return pool_key(target, verify, cert.fingerprint if cert is not None else "")
 
 
 def retain(deps: AuthDeps, apis: Iterable[API]) -> set[PoolKey]:
