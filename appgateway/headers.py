@@ -118,6 +118,11 @@ def set_header(headers: Headers, name: bytes, value: bytes) -> None:
     headers[:] = out
 
 
+def has_header(headers: Headers, name: bytes) -> bool:
+    low = name.lower()
+    return any(n.lower() == low for n, _ in headers)
+
+
 def get_header(headers: Headers, name: bytes) -> bytes | None:
     low = name.lower()
     for n, v in headers:
