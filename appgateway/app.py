@@ -176,13 +176,20 @@ class Gateway:
 
             trackers: list[ConnectionTracker] = []
             servers: list[asyncio.Server] = []
-            for name, sock, port, handler in (
-                ("proxy", self.listeners.proxy, settings.proxy_port, forwarder.handle_proxy),
+            for name, sock, port, handler, fast in (
+                (
+                    "proxy",
+                    self.listeners.proxy,
+                    settings.proxy_port,
+                    forwarder.handle_proxy,
+                    forwarder.fast_proxy,
+                ),
                 (
                     "compass",
                     self.listeners.compass,
                     settings.proxy_port_compass,
                     forwarder.handle_compass,
+                    forwarder.fast_compass,
                 ),
             ):
                 if sock is None:
@@ -195,6 +202,7 @@ class Gateway:
                     request_timeout=settings.request_timeout,
                     idle_timeout=settings.idle_timeout,
                     tracker=tracker,
+                    fast=fast,
                 )
                 trackers.append(tracker)
                 servers.append(server)

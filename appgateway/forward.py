@@ -1,8 +1,14 @@
 """The request pipeline of behaviour.md §1, with the retry-once loop kept in plain sight.
 
-`Forwarder.handle` is called once per request by the server; it routes, builds the outbound
-request, sends it, relays the answer and then writes the access-log line and metrics. All
-socket work is behind `Exchange` (caller side) and `Upstream` (target side).
+The server offers every request to `Forwarder.fast_*` first. When nothing has to be waited
+for before sending (no request body, credentials cached, an idle pooled connection), the
+request is sent at once and the answer relayed from the upstream connection's callbacks
+(`_Flight`): no task and no future per request, which is most of the gateway's cost on a
+small request. Anything else, and whatever turns unusual midway (401/403, a stale connection,
+a caller that reads slowly), continues in the task-based pipeline, `_pipeline` and the
+coroutines after it. Both paths share the steps that build the request and the response head,
+and `_failed`/`_record` for the outcome. All socket work is behind `Exchange` (caller side)
+and `Upstream` (target side).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
@@ -26,11 +32,17 @@ from appgateway.headers import (
 )
 from appgateway.logs import AccessLog
 from appgateway.metrics import Metrics
-from appgateway.model import API
+from appgateway.model import API, Headers
 from appgateway.registry import Registry
 from appgateway.registry.snapshot import Snapshot
 from appgateway.rewrite import rewrite_location, rewrite_status, should_rewrite_location
-from appgateway.routing import Route, route_compass, route_proxy, split_absolute_form
+from appgateway.routing import (
+    Route,
+    host_lookup,
+    route_compass,
+    route_proxy_after,
+    split_absolute_form,
+)
 from appgateway.server import ClientGone, Exchange
 from appgateway.tls import TlsContexts
 from appgateway.upstream import (
@@ -39,6 +51,7 @@ from appgateway.upstream import (
     PoolKey,
     StreamedBody,
     Upstream,
+    UpstreamConnection,
     UpstreamResponse,
     pool_key,
 )
@@ -50,6 +63,7 @@ AUTHORIZATION = b"Authorization"
 HOST = b"host"
 LOCATION = b"location"
 REQUEST_ID = b"x-request-id"
+MAX_REMEMBERED_HOSTS = 1024
 
 
 @dataclass(slots=True)
@@ -60,6 +74,33 @@ class Resolved:
     strategy: AuthStrategy
     pool: Pool
     host_header: tuple[bytes, bytes]
+
+
+class _Call:
+    """What one request gathers for its access line and metrics, on either path."""
+
+    __slots__ = (
+        "listener",
+        "start",
+        "path",
+        "route",
+        "upstream_status",
+        "upstream_s",
+        "retried",
+        "error",
+        "id_generated",
+    )
+
+    def __init__(self, listener: str, start: float, path: str) -> None:
+        self.listener = listener
+        self.start = start
+        self.path = path
+        self.route: Route | None = None
+        self.upstream_status: int | None = None
+        self.upstream_s: float | None = None
+        self.retried = False
+        self.error: GatewayError | None = None
+        self.id_generated = False
 
 
 class Forwarder:
@@ -85,11 +126,14 @@ class Forwarder:
         self._clock = clock
         self._snapshot: object | None = None
         self._resolved: dict[int, Resolved] = {}
+        # Host routing per Host value, for the current snapshot (callers use a few names).
+        self._hosts: dict[str | None, API | GatewayError | None] = {}
         self._header_timeout = settings.proxy_timeout
         self._idle_timeout = settings.idle_timeout
         self._retry_limit = settings.retry_body_limit
         self._request_prefix = os.urandom(6).hex().encode()
         self._request_count = 0
+        self._inflight = {name: metrics.inflight(name) for name in ("proxy", "compass")}
 
     async def handle_proxy(self, ex: Exchange) -> None:
         await self._handle(ex, "proxy")
@@ -97,11 +141,14 @@ class Forwarder:
     async def handle_compass(self, ex: Exchange) -> None:
         await self._handle(ex, "compass")
 
+    def fast_proxy(self, ex: Exchange) -> bool:
+        return self._fast(ex, "proxy")
+
+    def fast_compass(self, ex: Exchange) -> bool:
+        return self._fast(ex, "compass")
+
     # -- per snapshot -----------------------------------------------------------------
-    def _resolve(self, api: API, snapshot: object) -> Resolved:
-        if snapshot is not self._snapshot:
-            self._snapshot = snapshot
-            self._resolved = {}
+    def _resolve(self, api: API) -> Resolved:
         resolved = self._resolved.get(id(api))
         if resolved is None:
             strategy = make_strategy(api, self._auth)
@@ -117,8 +164,7 @@ class Forwarder:
 
     def on_registry_change(self, snapshot: Snapshot) -> None:
         """Re-resolve lazily, and close pools that no API of the new snapshot uses."""
-        self._snapshot = snapshot
-        self._resolved = {}
+        self._use(snapshot)
         keys: set[PoolKey] = set()
         apis = [route.api for route in snapshot.routes if route.api is not None]
         for api in apis:
@@ -127,120 +173,231 @@ class Forwarder:
             keys.add(pool_key(api.target, not api.skip_verify, fingerprint))
         self._upstream.retain(keys | retain(self._auth, apis))
 
-    # -- pipeline ---------------------------------------------------------------------
-    async def _handle(self, ex: Exchange, listener: str) -> None:
-        start = self._clock()
-        inflight = self._metrics.inflight(listener)
-        inflight.inc()
-        route: Route | None = None
-        error: GatewayError | None = None
-        upstream_status: int | None = None
-        upstream_s: float | None = None
-        retried = False
-        target = ex.target.decode("latin-1")
-        path = target
-        ex.request_id = get_header(ex.headers, REQUEST_ID)
-        try:
-            if not self._registry.ready:
-                raise NotReady("registry not loaded yet")
-            snapshot = self._registry.snapshot()
-            host: str | None = None
-            if not target.startswith("/"):
-                authority, target = split_absolute_form(target)
-                if authority is not None:
-                    host = authority
-            path, _, query = target.partition("?")
-            if listener == "compass":
-                route = route_compass(snapshot, path)
-            else:
-                if host is None:
-                    value = get_header(ex.headers, HOST)
-                    host = value.decode("latin-1") if value is not None else None
-                route = route_proxy(snapshot, host, path)
-            resolved = self._resolve(route.api, snapshot)
-            upstream_status, retried, upstream_s = await self._forward(ex, route, resolved, query)
-        except GatewayError as exc:
-            error = exc
-            if isinstance(exc, UpstreamUnavailable | UpstreamTimeout) and route is not None:
-                ref = route.api.ref
-                self._metrics.upstream_error(ref.app, ref.service, exc.kind)
-            if not ex.started:
-                ex.send_error(exc)
-            else:
-                ex.abort()
-        except ClientGone as exc:
-            error = _CallerGone(str(exc))
-            ex.abort()
-        except asyncio.CancelledError:
-            error = _CallerGone("caller disconnected")
-            raise
-        finally:
-            inflight.dec()
-            self._record(
-                ex, listener, route, path, start, upstream_status, upstream_s, retried, error
-            )
+    def _use(self, snapshot: object) -> None:
+        self._snapshot = snapshot
+        self._resolved = {}
+        self._hosts = {}
 
-    async def _forward(
-        self, ex: Exchange, route: Route, resolved: Resolved, query: str
-    ) -> tuple[int | None, bool, float]:
+    # -- steps shared by both paths ---------------------------------------------------
+    def _begin(self, ex: Exchange, listener: str) -> _Call:
+        path = ex.target.partition(b"?")[0].decode("latin-1")  # never the query, not even in logs
+        ex.request_id = get_header(ex.headers, REQUEST_ID)
+        self._inflight[listener].value += 1
+        return _Call(listener, self._clock(), path)
+
+    def _route(self, ex: Exchange, call: _Call) -> tuple[Resolved, Route, str]:
+        """Raises GatewayError (not ready, no such API, a bad request target)."""
+        if not self._registry.ready:
+            raise NotReady("registry not loaded yet")
+        snapshot = self._registry.snapshot()
+        if snapshot is not self._snapshot:
+            self._use(snapshot)
+        target = ex.target.decode("latin-1")
+        host: str | None = None
+        if not target.startswith("/"):
+            authority, target = split_absolute_form(target)
+            if authority is not None:
+                host = authority
+        path, _, query = target.partition("?")
+        call.path = path
+        if call.listener == "compass":
+            route = route_compass(snapshot, path)
+        else:
+            if host is None:
+                value = get_header(ex.headers, HOST)
+                host = value.decode("latin-1") if value is not None else None
+            hosts = self._hosts
+            try:
+                found = hosts[host]
+            except KeyError:
+                found = host_lookup(snapshot, host)
+                if len(hosts) < MAX_REMEMBERED_HOSTS:
+                    hosts[host] = found
+            route = route_proxy_after(snapshot, found, path)
+        call.route = route
+        return self._resolve(route.api), route, query
+
+    @staticmethod
+    def _caller_headers(ex: Exchange) -> tuple[Headers, bool]:
+        """The caller's fields that travel, and whether the gateway authenticates (no
+        Access-Token override)."""
+        headers = outbound_headers(ex.headers)
+        token = take_access_token(headers)
+        if token is not None:
+            set_header(headers, AUTHORIZATION, token)
+        return headers, token is None
+
+    def _request(
+        self,
+        ex: Exchange,
+        call: _Call,
+        route: Route,
+        resolved: Resolved,
+        query: str,
+        headers: Headers,
+        body: bytes | None,
+        stream: StreamedBody | None,
+    ) -> tuple[OutboundRequest, Headers]:
+        """The outbound request, and its fields before the parameters (for the retry)."""
         api = route.api
         target = api.target
-        headers = outbound_headers(ex.headers)
         if ex.request_id is None:
             # Correlate the access line with the target's logs: one id per request, made
             # from a per-process random prefix and a counter (cheaper than a UUID).
             self._request_count += 1
             ex.request_id = b"%s-%d" % (self._request_prefix, self._request_count)
+            call.id_generated = True
+        if call.id_generated:
             headers.append((b"X-Request-Id", ex.request_id))
-        strategy = resolved.strategy
-        token = take_access_token(headers)
-        if token is not None:
-            set_header(headers, AUTHORIZATION, token)
-        applied: Applied = await strategy.apply(headers, authenticate=token is None)
-        first_headers = list(headers)
+        first = list(headers)
         add_parameter_headers(headers, api.params.headers)
         headers.append(resolved.host_header)
         path = wire_path(target.path, route.rest, api.encode_url)
         q = merge_query(target.query, query, api.params.query)
         path_qs = path + "?" + q if q else path
-        body, stream = await self._read_body(ex)
         request = OutboundRequest(
             ex.method, target, path_qs.encode("latin-1"), headers, body, stream
         )
-        upstream = self._upstream
-        clock = self._clock
-        sent = clock()
-        response = await upstream.send(
+        return request, first
+
+    def _start_response(
+        self, ex: Exchange, route: Route, response: UpstreamResponse, request: OutboundRequest
+    ) -> None:
+        original = response.status
+        headers = response_headers(response.headers)
+        status = rewrite_status(original, headers)
+        if should_rewrite_location(original):
+            location = get_header(headers, LOCATION)
+            if location is not None:
+                text = location.decode("latin-1")
+                sent_url = request.target.origin + request.path.decode("latin-1")
+                new = rewrite_location(text, sent_url, route.api.target, route.base)
+                if new != text:
+                    set_header(headers, b"Location", new.encode("latin-1"))
+        reason = response.reason if status == original else b""
+        ex.start_response(status, reason, headers, response.content_length)
+
+    def _upstream_done(self, call: _Call, api: API, seconds: float) -> None:
+        call.upstream_s = seconds
+        self._metrics.observe_upstream(api.ref.app, api.ref.service, seconds)
+
+    def _failed(self, ex: Exchange, call: _Call, error: GatewayError) -> None:
+        call.error = error
+        route = call.route
+        if isinstance(error, UpstreamUnavailable | UpstreamTimeout) and route is not None:
+            ref = route.api.ref
+            self._metrics.upstream_error(ref.app, ref.service, error.kind)
+        if not ex.started:
+            ex.send_error(error)
+        else:
+            ex.abort()
+
+    # -- the fast path ----------------------------------------------------------------
+    def _fast(self, ex: Exchange, listener: str) -> bool:
+        if ex.has_body:
+            return False
+        call = self._begin(ex, listener)
+        try:
+            resolved, route, query = self._route(ex, call)
+            headers, authenticate = self._caller_headers(ex)
+            ok, applied = resolved.strategy.try_apply(headers, authenticate=authenticate)
+            if not ok:
+                ex.conn.run(ex, self._guarded(ex, call, self._pipeline(ex, call)))
+                return True
+            request, first = self._request(ex, call, route, resolved, query, headers, None, None)
+        except GatewayError as exc:
+            self._failed(ex, call, exc)
+            self._record(ex, call)
+            ex.conn.done(ex)
+            return True
+        flight = _Flight(self, ex, call, route, resolved, request, first, applied)
+        conn = self._upstream.try_send(
+            request, resolved.pool, header_timeout=self._header_timeout, sink=flight
+        )
+        if conn is None:
+            ex.conn.run(ex, self._guarded(ex, call, flight.resend(fresh=False)))
+            return True
+        flight.conn = conn
+        ex.on_lost = flight.caller_lost
+        return True
+
+    # -- the task path ----------------------------------------------------------------
+    async def _handle(self, ex: Exchange, listener: str) -> None:
+        call = self._begin(ex, listener)
+        await self._guarded(ex, call, self._pipeline(ex, call))
+
+    async def _guarded(self, ex: Exchange, call: _Call, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except GatewayError as exc:
+            self._failed(ex, call, exc)
+        except ClientGone as exc:
+            call.error = _CallerGone(str(exc))
+            ex.abort()
+        except asyncio.CancelledError:
+            call.error = _CallerGone("caller disconnected")
+            raise
+        finally:
+            self._record(ex, call)
+
+    async def _pipeline(self, ex: Exchange, call: _Call) -> None:
+        resolved, route, query = self._route(ex, call)
+        headers, authenticate = self._caller_headers(ex)
+        applied: Applied = await resolved.strategy.apply(headers, authenticate=authenticate)
+        body, stream = await self._read_body(ex)
+        request, first = self._request(ex, call, route, resolved, query, headers, body, stream)
+        response = await self._send(call, route.api, request, resolved.pool)
+        await self._answer(ex, call, route, resolved, request, first, applied, response)
+
+    async def _send(
+        self, call: _Call, api: API, request: OutboundRequest, pool: Pool, fresh: bool = False
+    ) -> UpstreamResponse:
+        sent = self._clock()
+        response = await self._upstream.send(
             request,
-            resolved.pool,
+            pool,
             header_timeout=self._header_timeout,
             idle_timeout=self._idle_timeout,
+            fresh=fresh,
         )
-        upstream_s = clock() - sent
-        self._metrics.observe_upstream(api.ref.app, api.ref.service, upstream_s)
-        retried = False
+        self._upstream_done(call, api, self._clock() - sent)
+        return response
+
+    async def _answer(
+        self,
+        ex: Exchange,
+        call: _Call,
+        route: Route,
+        resolved: Resolved,
+        request: OutboundRequest,
+        first: Headers,
+        applied: Applied,
+        response: UpstreamResponse,
+    ) -> None:
+        """Retry once on 401/403 with fresh credentials (behaviour.md §8), then relay."""
+        api = route.api
         if response.status in (401, 403):
+            strategy = resolved.strategy
             await strategy.invalidate(applied)
-            if stream is None:
+            if request.stream is None:
                 response.abort()
-                headers = list(first_headers)
+                headers = list(first)
                 await strategy.apply(headers)
                 add_parameter_headers(headers, api.params.headers)
                 headers.append(resolved.host_header)
                 request.headers = headers
-                retried = True
+                call.retried = True
                 self._metrics.retry(api.ref.app, api.ref.service)
-                sent = clock()
-                response = await upstream.send(
-                    request,
-                    resolved.pool,
-                    header_timeout=self._header_timeout,
-                    idle_timeout=self._idle_timeout,
-                )
-                upstream_s = clock() - sent
-                self._metrics.observe_upstream(api.ref.app, api.ref.service, upstream_s)
-        await self._relay(ex, route, response, target.origin + path_qs)
-        return response.status, retried, upstream_s
+                response = await self._send(call, api, request, resolved.pool)
+        call.upstream_status = response.status
+        try:
+            self._start_response(ex, route, response, request)
+            if not response.body_buffered:
+                ex.flush_head()
+        except BaseException:
+            response.abort()
+            raise
+        await self._relay_body(ex, response)
 
     async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
         """Buffer bodies up to --retry-body-limit (retryable); stream the rest (behaviour.md §8)."""
@@ -255,28 +412,11 @@ class Forwarder:
             return data, None
         return None, StreamedBody(data, ex, length)
 
-    async def _relay(
-        self, ex: Exchange, route: Route, response: UpstreamResponse, sent_url: str
-    ) -> None:
+    async def _relay_body(self, ex: Exchange, response: UpstreamResponse) -> None:
         try:
-            original = response.status
-            headers = response_headers(response.headers)
-            status = rewrite_status(original, headers)
-            if should_rewrite_location(original):
-                location = get_header(headers, LOCATION)
-                if location is not None:
-                    text = location.decode("latin-1")
-                    new = rewrite_location(text, sent_url, route.api.target, route.base)
-                    if new != text:
-                        set_header(headers, b"Location", new.encode("latin-1"))
-            reason = response.reason if status == original else b""
-            ex.start_response(status, reason, headers, response.content_length)
-            connection = response.connection
-            if not connection.body_buffered:
-                ex.flush_head()
             idle = self._idle_timeout
             while True:
-                data = await connection.read(idle)
+                data = await response.read(idle)
                 if not data:
                     break
                 await ex.write(data)
@@ -287,23 +427,15 @@ class Forwarder:
         response.release()
 
     # -- observation ------------------------------------------------------------------
-    def _record(
-        self,
-        ex: Exchange,
-        listener: str,
-        route: Route | None,
-        path: str,
-        start: float,
-        upstream_status: int | None,
-        upstream_s: float | None,
-        retried: bool,
-        error: GatewayError | None,
-    ) -> None:
-        duration = self._clock() - start
+    def _record(self, ex: Exchange, call: _Call) -> None:
+        self._inflight[call.listener].value -= 1
+        duration = self._clock() - call.start
+        error = call.error
         if ex.started:
             status = ex.status_sent
         else:
             status = error.status if error is not None else 0
+        route = call.route
         if route is not None:
             ref = route.api.ref
             app, service, entry = ref.app, ref.service, ref.entry
@@ -314,24 +446,184 @@ class Forwarder:
             ref_holder = getattr(error, "ref", None)
             if ref_holder is not None:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
-        self._metrics.observe_request(listener, app, service, status, duration)
+        self._metrics.observe_request(call.listener, app, service, status, duration)
         request_id = ex.request_id
         access = self._access
         access.request(
-            access.static_part(listener, mode, app, service, entry),
+            access.static_part(call.listener, mode, app, service, entry),
             ex.method.decode("latin-1"),
-            path,
+            call.path,
             status,
-            upstream_status,
-            retried,
-            round(duration * 1000, 3),
-            None if upstream_s is None else round(upstream_s * 1000, 3),
+            call.upstream_status,
+            call.retried,
+            duration,
+            call.upstream_s,
             ex.bytes_in,
             ex.bytes_out,
             error.message if error is not None else None,
             error.classify() if error is not None else None,
             request_id.decode("latin-1") if request_id else None,
         )
+
+
+class _Flight:
+    """One request on the fast path: the upstream connection's `Sink` until it ends.
+
+    `pump` runs from the connection's callbacks and is level-triggered: it looks at what the
+    connection has (a head, body bytes, the end, an error) and moves the response on as far
+    as it can. It must never raise into the event loop, so it ends the exchange itself on
+    an unexpected error.
+    """
+
+    __slots__ = (
+        "fwd",
+        "ex",
+        "call",
+        "route",
+        "resolved",
+        "request",
+        "first",
+        "applied",
+        "sent",
+        "conn",
+        "head_done",
+    )
+
+    def __init__(
+        self,
+        fwd: Forwarder,
+        ex: Exchange,
+        call: _Call,
+        route: Route,
+        resolved: Resolved,
+        request: OutboundRequest,
+        first: Headers,
+        applied: Applied,
+    ) -> None:
+        self.fwd = fwd
+        self.ex = ex
+        self.call = call
+        self.route = route
+        self.resolved = resolved
+        self.request = request
+        self.first = first
+        self.applied = applied
+        self.sent = fwd._clock()
+        self.conn: UpstreamConnection | None = None
+        self.head_done = False
+
+    def pump(self, conn: UpstreamConnection) -> None:
+        try:
+            self.conn = conn
+            if not self.head_done and not self._head(conn):
+                return
+            ex = self.ex
+            data = conn.take()
+            if data:
+                ex.send(data)
+            if conn.complete:
+                ex.end()
+                conn.release()
+                self._end()
+                return
+            error = conn.body_error
+            if error is None and conn.timed_out:
+                error = UpstreamTimeout("response body idle timeout")
+            if error is not None:
+                conn.abort()
+                self._fail(error)
+                return
+            if not data:
+                ex.flush_head()
+            if ex.conn.writing_paused:
+                # A slow reader: the task path waits for it, under the idle timeout.
+                conn.detach()
+                self._handoff(self.fwd._relay_body(ex, conn))
+                return
+            conn.arm_head_timeout(self.fwd._clock() + self.fwd._idle_timeout)
+        except Exception:
+            log.error("internal error while relaying a response", exc_info=log.isEnabledFor(10))
+            conn.abort()
+            self._fail(GatewayError("internal error"))
+
+    def _head(self, conn: UpstreamConnection) -> bool:
+        """Act on the response head once it is there; False when there is nothing to relay
+        (yet, or any more: the exchange moved on)."""
+        error = conn.head_error
+        fwd = self.fwd
+        if error is not None:
+            conn.abort()
+            if isinstance(error, TimeoutError):
+                error = UpstreamTimeout(f"timeout after {fwd._header_timeout:g}s")
+            elif not isinstance(error, GatewayError):
+                error = UpstreamUnavailable("connection failed", "protocol")
+            elif isinstance(error, UpstreamUnavailable) and not conn.got_bytes:
+                # A keep-alive connection the target had closed: not its answer (see
+                # Upstream.send); the same request goes again on a fresh connection.
+                self._handoff(self.resend(fresh=True))
+                return False
+            self._fail(error)
+            return False
+        if not conn.head_seen:
+            return False
+        self.head_done = True
+        conn.disarm_head_timeout()
+        call = self.call
+        api = self.route.api
+        fwd._upstream_done(call, api, fwd._clock() - self.sent)
+        response = conn
+        if response.status in (401, 403):
+            conn.detach()
+            self._handoff(
+                fwd._answer(
+                    self.ex,
+                    call,
+                    self.route,
+                    self.resolved,
+                    self.request,
+                    self.first,
+                    self.applied,
+                    response,
+                )
+            )
+            return False
+        call.upstream_status = response.status
+        fwd._start_response(self.ex, self.route, response, self.request)
+        return True
+
+    async def resend(self, *, fresh: bool) -> None:
+        """The request again through the task path, from the send on."""
+        fwd = self.fwd
+        response = await fwd._send(
+            self.call, self.route.api, self.request, self.resolved.pool, fresh=fresh
+        )
+        await fwd._answer(
+            self.ex,
+            self.call,
+            self.route,
+            self.resolved,
+            self.request,
+            self.first,
+            self.applied,
+            response,
+        )
+
+    def _handoff(self, work: Awaitable[None]) -> None:
+        self.ex.conn.run(self.ex, self.fwd._guarded(self.ex, self.call, work))
+
+    def _fail(self, error: GatewayError) -> None:
+        self.fwd._failed(self.ex, self.call, error)
+        self._end()
+
+    def _end(self) -> None:
+        self.fwd._record(self.ex, self.call)
+        self.ex.conn.done(self.ex)
+
+    def caller_lost(self) -> None:
+        if self.conn is not None:
+            self.conn.abort()
+        self.call.error = _CallerGone("caller disconnected")
+        self._end()
 
 
 class _CallerGone(GatewayError):

@@ -104,6 +104,11 @@ def _check(name: bytes, value: bytes) -> None:
 def set_header(headers: Headers, name: bytes, value: bytes) -> None:
     """Make `name` occur exactly once, keeping the position of its first occurrence."""
     _check(name, value)
+    put_header(headers, name, value)
+
+
+def put_header(headers: Headers, name: bytes, value: bytes) -> None:
+    """`set_header` without the field check, for values valid by construction."""
     low = name.lower()
     out: Headers = []
     placed = False
@@ -141,6 +146,8 @@ def add_parameter_headers(headers: Headers, params: ParamMap) -> None:
     Presence ignores ASCII case, so a caller's or an auth header always wins. Every field is
     checked before the list changes, so a bad value leaves `headers` untouched.
     """
+    if not params:
+        return
     present = {n.lower() for n, _ in headers}
     added: Headers = []
     for name, values in params:

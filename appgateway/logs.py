@@ -221,15 +221,19 @@ class AccessLog:
         status: int,
         upstream_status: int | None,
         retried: bool,
-        duration_ms: float,
-        upstream_ms: float | None,
+        duration_s: float,
+        upstream_s: float | None,
         bytes_in: int,
         bytes_out: int,
         error: str | None,
         error_class: str | None,
         request_id: str | None,
     ) -> None:
-        """The access line, formatted by hand: same output as `write`, about 3x cheaper."""
+        """The access line, formatted by hand: the fields of `write`, several times cheaper.
+
+        `method` is one of llhttp's known method tokens, so it needs no escaping; times are
+        given in seconds and written in milliseconds with three decimals.
+        """
         if self._control.levelno > logging.INFO:
             return
         second, millis = divmod(int(time.time() * 1000), 1000)
@@ -238,11 +242,11 @@ class AccessLog:
             self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         q = _quote
         line = (
-            f"{self._prefix}.{millis:03d}{_ACCESS_HEAD},{static},"
-            f'"method":{q(method)},"path":{q(path)},"status":{status},'
-            f'"upstream_status":{"null" if upstream_status is None else upstream_status},'
-            f'"retried":{"true" if retried else "false"},"duration_ms":{duration_ms!r},'
-            f'"upstream_ms":{"null" if upstream_ms is None else repr(upstream_ms)},'
+            f'{self._prefix}.{millis:03d}{_ACCESS_HEAD},{static},"method":"{method}",'
+            f'"path":{q(path)},"status":{status},"upstream_status":'
+            f'{"null" if upstream_status is None else upstream_status},"retried":'
+            f'{"true" if retried else "false"},"duration_ms":{duration_s * 1000:.3f},'
+            f'"upstream_ms":{"null" if upstream_s is None else f"{upstream_s * 1000:.3f}"},'
             f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
             f'"error":{"null" if error is None else q(error)},'
             f'"error_class":{"null" if error_class is None else q(error_class)},'

@@ -70,7 +70,9 @@ def split_absolute_form(target: str) -> tuple[str | None, str]:
 
 def _unwrap(result: API | GatewayError) -> API:
     if isinstance(result, GatewayError):
-        raise result
+        # Snapshots keep one error per broken API; without the reset, every raise of the
+        # same instance would chain another traceback (and its frames) onto it.
+        raise result.with_traceback(None)
     return result
 
 
@@ -79,10 +81,20 @@ def _route_path(lookup: Lookup, path: str, n: int) -> Route:
     if len(parts) < n or "" in parts[:n]:
         raise BadRequest(IDENTIFIER_MESSAGE)
     app, service = parts[0], parts[1]
-    entry = parts[2] if n == 3 else None
-    api = _unwrap(lookup.by_path(app, service, entry))
-    rest = parts[n] if len(parts) > n else None
-    return Route(api=api, rest=rest, mode="path", base="/" + "/".join(parts[:n]))
+    if n == 2:
+        api = _unwrap(lookup.by_path(app, service, None))
+        base = "/" + app + "/" + service
+    else:
+        api = _unwrap(lookup.by_path(app, service, parts[2]))
+        base = "/" + "/".join(parts[:n])
+    return Route(api, parts[n] if len(parts) > n else None, "path", base)
+
+
+def host_lookup(lookup: Lookup, host: str | None) -> API | GatewayError | None:
+    """The host-routing step: None when the Host value names no service. It depends on the
+    Host value alone, so a caller may remember it per snapshot."""
+    label = host_label_of(host) if host else None
+    return None if label is None else lookup.by_host_label(label)
 
 
 def route_proxy(lookup: Lookup, host: str | None, raw_path: str) -> Route:
@@ -90,13 +102,15 @@ def route_proxy(lookup: Lookup, host: str | None, raw_path: str) -> Route:
 
     `raw_path` is the path of the request target as received (latin-1), without the query.
     """
+    return route_proxy_after(lookup, host_lookup(lookup, host), raw_path)
+
+
+def route_proxy_after(lookup: Lookup, found: API | GatewayError | None, raw_path: str) -> Route:
+    """`route_proxy` with the host step already done (`found`, from `host_lookup`)."""
     path = pre_normalize(raw_path)
-    label = host_label_of(host) if host else None
-    if label is not None:
-        found = lookup.by_host_label(label)
-        if found is not None:
-            # The whole path is the rest; join() then puts exactly one `/` after the target.
-            return Route(api=_unwrap(found), rest=path or "/", mode="host", base="")
+    if found is not None:
+        # The whole path is the rest; join() then puts exactly one `/` after the target.
+        return Route(_unwrap(found), path or "/", "host", "")
     return _route_path(lookup, path, 2)
 
 

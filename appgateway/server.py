@@ -60,6 +60,7 @@ class Exchange(BodySource):
         "_close_after",
         "_head",
         "request_id",
+        "on_lost",
     )
 
     def __init__(
@@ -79,7 +80,7 @@ class Exchange(BodySource):
         self.started = False
         self.status_sent = 0
         self.finished = False
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []
         self._buffered = 0
         self.body_complete = False
         self._body_error: GatewayError | None = None
@@ -90,6 +91,8 @@ class Exchange(BodySource):
         self._close_after = False
         self._head = b""
         self.request_id: bytes | None = None
+        # Set while a fast handler (no task) owns the exchange: told when the caller leaves.
+        self.on_lost: Callable[[], None] | None = None
 
     @property
     def has_body(self) -> bool:
@@ -192,6 +195,11 @@ class Exchange(BodySource):
         self._head = head
 
     async def write(self, data: bytes) -> None:
+        self.send(data)
+        await self.conn.drain()
+
+    def send(self, data: bytes) -> None:
+        """Write body bytes without waiting; the caller checks `conn.writing_paused`."""
         if not self._body_allowed or not data:
             return
         self.bytes_out += len(data)
@@ -202,7 +210,6 @@ class Exchange(BodySource):
             self._head = b""
             data = head + data
         self.conn.write(data)
-        await self.conn.drain()
 
     def flush_head(self) -> None:
         """Send a held-back head now (the body will be slow to come)."""
@@ -237,6 +244,9 @@ class Exchange(BodySource):
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
+FastHandler = Callable[[Exchange], bool]
+"""Takes an exchange over without a task when it can (True). It then ends it with
+`conn.done(exchange)`, or hands the rest to a task with `conn.run(exchange, coro)`."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -250,9 +260,11 @@ class ClientConnection(asyncio.Protocol):
         request_timeout: float,
         idle_timeout: float,
         tracker: ConnectionTracker,
+        fast: FastHandler | None = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
+        self.fast = fast
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.tracker = tracker
@@ -335,9 +347,15 @@ class ClientConnection(asyncio.Protocol):
             drain.set_exception(ClientGone("caller closed the connection"))
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        elif self._active is not None and self._active.on_lost is not None:
+            self._active.on_lost()
 
     def pause_writing(self) -> None:
         self._write_paused = True
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._write_paused
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -372,12 +390,14 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         parser = self._parser
-        if parser.get_http_version() not in ("1.1", "1.0"):
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
             self._reject(400, "malformed request: unsupported HTTP version")
-        if parser.get_method() == b"CONNECT":
+        method = parser.get_method()
+        if method == b"CONNECT":
             self._reject(405, "CONNECT is not supported")
-        exchange = Exchange(self, parser.get_method(), self._url, self._headers)
-        exchange.http11 = parser.get_http_version() == "1.1"
+        exchange = Exchange(self, method, self._url, self._headers)
+        exchange.http11 = version == "1.1"
         exchange.keep_alive = bool(parser.should_keep_alive()) and not self._eof
         for name, value in self._headers:
             lower = name.lower()
@@ -387,7 +407,9 @@ class ClientConnection(asyncio.Protocol):
                 exchange.chunked = True
             elif lower == b"expect" and value.lower() == b"100-continue":
                 exchange.expect_continue = True
-        if exchange.content_length == 0:
+        if exchange.content_length == 0 or not exchange.has_body:
+            # No body (RFC 9112 §6.3): complete already, so a handler that answers before
+            # on_message_complete still keeps the connection alive.
             exchange.body_complete = True
         self._parsing = exchange
         self._last = exchange
@@ -412,11 +434,31 @@ class ClientConnection(asyncio.Protocol):
     # -- request lifecycle ------------------------------------------------------------
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
-        self._task = self.loop.create_task(self._run(exchange))
+        fast = self.fast
+        if fast is not None:
+            try:
+                if fast(exchange):
+                    return
+            except Exception:
+                # The fast handler sends nothing before it is sure to own the exchange, so
+                # the task path can still answer (and log) whatever went wrong.
+                log.error("internal error in the fast path", exc_info=log.isEnabledFor(10))
+        self.run(exchange, self.handler(exchange))
 
-    async def _run(self, exchange: Exchange) -> None:
+    def run(self, exchange: Exchange, work: Awaitable[None]) -> None:
+        """Handle `exchange` (or the rest of it) in a task."""
+        exchange.on_lost = None
+        self._task = self.loop.create_task(self._run(exchange, work))
+
+    def done(self, exchange: Exchange) -> None:
+        """A fast handler ended `exchange`."""
+        exchange.on_lost = None
+        if self._active is exchange:
+            self._finished(exchange)
+
+    async def _run(self, exchange: Exchange, work: Awaitable[None]) -> None:
         try:
-            await self.handler(exchange)
+            await work
         except asyncio.CancelledError:
             exchange._close_after = True
         except ClientGone:
@@ -606,6 +648,7 @@ async def serve(
     request_timeout: float,
     idle_timeout: float,
     tracker: ConnectionTracker,
+    fast: FastHandler | None = None,
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
@@ -616,6 +659,7 @@ async def serve(
             request_timeout=request_timeout,
             idle_timeout=idle_timeout,
             tracker=tracker,
+            fast=fast,
         )
 
     return await loop.create_server(factory, sock=sock, backlog=1024)

@@ -14,6 +14,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
@@ -61,6 +62,17 @@ class OutboundRequest:
     stream: StreamedBody | None = None
 
 
+class Sink(Protocol):
+    """Receives a response without a task: the callback mode of `Upstream.try_send`.
+
+    `pump` is called after every chunk of bytes the connection parsed, when it is lost, and
+    when its timer expires; it reads the connection's state (`head_seen`, `head_error`,
+    `take()`, `complete`, `body_error`, `timed_out`) rather than being told what happened.
+    """
+
+    def pump(self, conn: UpstreamConnection) -> None: ...
+
+
 def timeout_waiter(waiter: asyncio.Future[None]) -> None:
     """A timer callback that fails a pending waiter with TimeoutError."""
     if not waiter.done():
@@ -79,7 +91,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.got_bytes = False
         # current exchange
+        self._expecting = False
         self._head_waiter: asyncio.Future[None] | None = None
+        self.sink: Sink | None = None
+        self.head_error: BaseException | None = None  # callback mode, before the head
+        self.timed_out = False  # callback mode, after the head: the body went idle
         self._head_request = False
         self._interim = False
         self._reset_parser = False
@@ -87,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers: Headers = []
         self._head_size = 0
-        self._head_seen = False
+        self.head_seen = False
         self._head_bytes = 0
         self.content_length: int | None = None
         self.body_until_eof = False
@@ -134,9 +150,28 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_timer_at = deadline
             self._head_timer = self._loop.call_at(deadline, self._head_expired)
             return
+        self._head_deadline = None
+        sink = self.sink
+        if sink is not None:
+            # In callback mode the same timer also watches the body (`arm_head_timeout`
+            # is re-armed with the idle deadline after the head).
+            if self.head_seen:
+                self.timed_out = True
+            else:
+                self.head_error = TimeoutError()
+            sink.pump(self)
+            return
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(TimeoutError())
+
+    def _head_failed(self, error: BaseException) -> None:
+        waiter = self._head_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_exception(error)
+        elif self.sink is not None and self.head_error is None:
+            self.head_error = error
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,19 +179,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        if self._head_waiter is None:
+        if not self._expecting:
             # Bytes on an idle connection: the server is confused; never reuse it.
             self.abort()
             return
+        sink = self.sink  # abort() below detaches it, and it must still hear of the failure
         try:
-            if not self._head_seen:
+            if not self.head_seen:
                 # Bound the head by bytes received, not per field: llhttp buffers a field
                 # until it ends, so one endless header would otherwise grow without limit.
                 allowance = MAX_RESPONSE_HEAD - self._head_bytes
                 if len(data) > allowance:
                     self._head_bytes = MAX_RESPONSE_HEAD
                     self._parser.feed_data(data[:allowance])
-                    if not self._head_seen:
+                    if not self.head_seen:
                         raise UpstreamUnavailable("response header too large", "protocol")
                     data = data[allowance:]
                 else:
@@ -168,10 +204,11 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._fail(UpstreamUnavailable(f"invalid response: {exc}", "protocol"))
             self.abort()
-            return
         if self._reset_parser:
             self._reset_parser = False
             self._parser = httptools.HttpResponseParser(self)
+        if sink is not None:
+            sink.pump(self)
 
     def eof_received(self) -> bool | None:
         return None
@@ -182,7 +219,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self._head_waiter is not None and not self._head_waiter.done():
+        if self._expecting and not self.head_seen:
             kind = "protocol"
             if exc is not None:
                 message = f"connection lost before response headers: {_reason(exc)}"
@@ -196,7 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
                 )
             else:
                 message = "connection closed before response headers"
-            self._head_waiter.set_exception(UpstreamUnavailable(message, kind))
+            self._head_failed(UpstreamUnavailable(message, kind))
         elif not self.complete:
             if self.body_until_eof and exc is None:
                 self.complete = True
@@ -208,6 +245,8 @@ class UpstreamConnection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_exception(UpstreamUnavailable("connection lost while sending", "protocol"))
+        if self.sink is not None:
+            self.sink.pump(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -241,7 +280,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.reason = b""
             return
         self.status = status
-        self._head_seen = True
+        self.head_seen = True
         self.keep_alive = bool(self._parser.should_keep_alive())
         length: int | None = None
         chunked = False
@@ -278,9 +317,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_reader()
 
     # -- exchange ---------------------------------------------------------------------
-    def begin(self, method: bytes) -> asyncio.Future[None]:
+    def begin(self, method: bytes, sink: Sink | None = None) -> asyncio.Future[None] | None:
+        """Start an exchange; the head arrives through the returned future, or, with a
+        `sink`, through `sink.pump` (and then there is no future)."""
+        self._expecting = True
         self.got_bytes = False
-        self._head_seen = False
+        self.head_seen = False
         self._head_bytes = 0
         self._head_request = method == b"HEAD"
         self.status = 0
@@ -293,9 +335,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._error = None
         self._interim = False
         self.body_sent = True
+        self.sink = sink
+        self.head_error = None
+        self.timed_out = False
+        if sink is not None:
+            self._head_waiter = None
+            return None
         waiter = self._loop.create_future()
         self._head_waiter = waiter
         return waiter
+
+    def detach(self) -> None:
+        """Leave callback mode after the head: the rest of the body goes through `read`."""
+        self.sink = None
+        self._head_deadline = None
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -315,17 +368,33 @@ class UpstreamConnection(asyncio.Protocol):
             timer.cancel()
             self._drain = None
 
+    def take(self) -> bytes:
+        """The body bytes buffered so far (b"" when none), resuming a paused read."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def body_error(self) -> GatewayError | None:
+        """Why the body cannot complete (callback mode), or None while it still may."""
+        if self._error is not None:
+            return self._error
+        if self.closed and not self.complete:
+            return UpstreamUnavailable("connection lost during response body", "protocol")
+        return None
+
     async def read(self, idle_timeout: float) -> bytes:
         """The next body bytes, b"" at the end; bounded by the idle timeout."""
         while True:
             if self._chunks:
-                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._reading_paused and self.transport is not None:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
-                return data
+                return self.take()
             if self.complete:
                 return b""
             if self._error is not None:
@@ -344,6 +413,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._reader = None
 
     @property
+    def connection(self) -> UpstreamConnection:
+        return self
+
+    @property
     def body_buffered(self) -> bool:
         """True when `read` can answer at once (data buffered, or the body has ended)."""
         return bool(self._chunks) or self.complete
@@ -354,9 +427,8 @@ class UpstreamConnection(asyncio.Protocol):
             reader.set_result(None)
 
     def _fail(self, error: GatewayError) -> None:
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if not self.head_seen:
+            self._head_failed(error)
         elif self._error is None and not self.complete:
             self._error = error
         self._wake_reader()
@@ -364,6 +436,8 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self) -> None:
         """Return the connection to its pool when the exchange ended cleanly, else close it."""
         self._head_waiter = None
+        self.sink = None
+        self._expecting = False
         if (
             self.complete
             and self.keep_alive
@@ -377,6 +451,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self.sink = None
         if self.transport is not None:
             self.transport.abort()
         self.pool.discard(self)
@@ -425,22 +500,9 @@ class Pool:
         self.idle = keep
 
 
-@dataclass(slots=True)
-class UpstreamResponse:
-    status: int
-    reason: bytes
-    headers: Headers
-    content_length: int | None
-    connection: UpstreamConnection
-
-    async def read(self, idle_timeout: float) -> bytes:
-        return await self.connection.read(idle_timeout)
-
-    def release(self) -> None:
-        self.connection.release()
-
-    def abort(self) -> None:
-        self.connection.abort()
+UpstreamResponse = UpstreamConnection
+"""A connection is also the response of its current exchange (status, headers, `read`,
+`release`): one object less per request. Valid until it is released or aborted."""
 
 
 class Upstream:
@@ -507,25 +569,13 @@ class Upstream:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect(req.target, pool)
             head_ready = conn.begin(req.method)
+            assert head_ready is not None
             conn.arm_head_timeout(deadline)
             stream = req.stream
-            path = req.path
-            headers = req.headers
-            if conn.absolute_prefix:
-                path = conn.absolute_prefix + path
-                if conn.proxy_authorization is not None:
-                    headers = [*headers, (b"Proxy-Authorization", conn.proxy_authorization)]
             if stream is None:
-                body = req.body
-                head = http1.request_head(
-                    req.method,
-                    path,
-                    headers,
-                    content_length=None if body is None else len(body),
-                    chunked=False,
-                )
-                conn.write(head + body if body else head)
+                conn.write(_encode(req, conn))
             else:
+                path, headers = _path_and_headers(req, conn)
                 conn.write(
                     http1.request_head(
                         req.method,
@@ -569,7 +619,24 @@ class Upstream:
             if conn is not None:
                 conn.abort()
             raise
-        return UpstreamResponse(conn.status, conn.reason, conn.headers, conn.content_length, conn)
+        return conn
+
+    def try_send(
+        self, req: OutboundRequest, pool: Pool, *, header_timeout: float, sink: Sink
+    ) -> UpstreamConnection | None:
+        """Send a buffered request on an idle pooled connection, without a task.
+
+        The answer arrives through `sink.pump`. None when no idle connection is at hand
+        (connecting needs `send`). A failure of a stale connection shows up at the sink as
+        `head_error` with `got_bytes` False; the caller then resends with `send(fresh=True)`.
+        """
+        conn = pool.acquire(self._loop.time())
+        if conn is None:
+            return None
+        conn.begin(req.method, sink)
+        conn.arm_head_timeout(self._loop.time() + header_timeout)
+        conn.write(_encode(req, conn))
+        return conn
 
     async def fetch(
         self, req: OutboundRequest, pool: Pool, *, deadline_s: float, limit: int = 1 << 20
@@ -691,6 +758,30 @@ class _Tunnel(asyncio.Protocol):
         if len(status_line) < 2 or not status_line[1].startswith(b"2"):
             code = status_line[1].decode("latin-1") if len(status_line) > 1 else "?"
             raise UpstreamUnavailable(f"proxy refused CONNECT: status {code}", "connect")
+
+
+def _path_and_headers(req: OutboundRequest, conn: UpstreamConnection) -> tuple[bytes, Headers]:
+    """Through an HTTP proxy the target goes in absolute form, with the proxy's credentials."""
+    if not conn.absolute_prefix:
+        return req.path, req.headers
+    headers = req.headers
+    if conn.proxy_authorization is not None:
+        headers = [*headers, (b"Proxy-Authorization", conn.proxy_authorization)]
+    return conn.absolute_prefix + req.path, headers
+
+
+def _encode(req: OutboundRequest, conn: UpstreamConnection) -> bytes:
+    """Head and buffered body in one piece: one write, and one segment for small requests."""
+    path, headers = _path_and_headers(req, conn)
+    body = req.body
+    head = http1.request_head(
+        req.method,
+        path,
+        headers,
+        content_length=None if body is None else len(body),
+        chunked=False,
+    )
+    return head + body if body else head
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:

@@ -87,8 +87,8 @@ _NEEDS_NO_ESCAPE = re.compile(r"[A-Za-z0-9\-._~$&+,/:;=@]+")
 
 
 @lru_cache(maxsize=4096)
-def _canonical_target(target_path: str) -> bytes:
-    return canon(decode(target_path.encode("utf-8"))).encode("ascii")
+def _canonical_target(target_path: str) -> str:
+    return canon(decode(target_path.encode("utf-8")))
 
 
 def wire_path(target_path: str, rest: str | None, encode_url: bool) -> str:
@@ -100,7 +100,11 @@ def wire_path(target_path: str, rest: str | None, encode_url: bool) -> str:
     if rest and _NEEDS_NO_ESCAPE.fullmatch(rest):
         # Common case: a rest that needs no escaping decodes to itself and is canonical in
         # both modes, so the result is the canonical target joined with it.
-        return join(_canonical_target(target_path), rest.encode("ascii")).decode("ascii")
+        # join() on text: exactly one `/` between them.
+        base = _canonical_target(target_path)
+        if base.endswith("/"):
+            return base + rest[1:] if rest[0] == "/" else base + rest
+        return base + rest if rest[0] == "/" else base + "/" + rest
     t = decode(target_path.encode("utf-8"))
     r = None if rest is None else rest.encode("utf-8")
     decoded_rest = None if r is None else decode(r)
@@ -123,7 +127,10 @@ def merge_query(target_query: str, caller_query: str, params: ParamMap) -> str:
     Both raw queries are kept verbatim; request parameters are only appended, never used to
     re-encode what the caller sent (signed URLs, OData filters).
     """
-    q = "&".join(part for part in (target_query, caller_query) if part)
+    if target_query and caller_query:
+        q = target_query + "&" + caller_query
+    else:
+        q = target_query or caller_query
     if not params:
         return q
     present = {unquote_plus(pair.partition("=")[0]) for pair in q.split("&")} if q else set()

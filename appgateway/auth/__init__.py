@@ -50,6 +50,14 @@ class AuthStrategy(Protocol):
         in place) and any CSRF token; return what was used, for `invalidate`."""
         ...
 
+    def try_apply(self, headers: Headers, *, authenticate: bool = True) -> tuple[bool, Applied]:
+        """`apply` without waiting, when every credential is cached: (True, applied).
+
+        (False, None) means something must be fetched first: call `apply`. `headers` may
+        then have been changed already, so the caller starts again from its own copy.
+        """
+        ...
+
     async def invalidate(self, applied: Applied) -> None: ...
 
     @property

@@ -42,6 +42,18 @@ class SingleFlightCache(Generic[K, V]):
         value, _ = await self.lookup(key, fetch)
         return value
 
+    def peek(self, key: K) -> V | None:
+        """The fresh cached value (counted as a hit), or None without counting: the caller
+        then does a `lookup`, which counts the miss."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, until = entry
+        if until is not None and self._clock() >= until:
+            return None
+        self._report(True)
+        return value
+
     async def lookup(self, key: K, fetch: Fetch[V]) -> tuple[V, bool]:
         """Like `get`, and also tell whether this call waited for a fetch (a miss)."""
         entry = self._entries.get(key)

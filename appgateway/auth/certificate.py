@@ -9,6 +9,11 @@ class NoAuthStrategy:
     async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
         return None
 
+    def try_apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> tuple[bool, object | None]:
+        return True, None
+
     async def invalidate(self, applied: object | None) -> None:
         return None
 

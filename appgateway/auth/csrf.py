@@ -82,6 +82,21 @@ class CsrfStrategy:
             current = await self._oauth.apply(headers)
             if isinstance(current, BearerToken) and current.value != inner_applied.value:
                 inner_applied = current
+        return self._add(headers, inner_applied, csrf)
+
+    def try_apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> tuple[bool, object | None]:
+        csrf = self._deps.csrf_cache.peek(self.key)
+        if csrf is None:
+            return False, None
+        ok, inner_applied = self._inner.try_apply(headers, authenticate=authenticate)
+        if not ok:
+            return False, None
+        return True, self._add(headers, inner_applied, csrf)
+
+    @staticmethod
+    def _add(headers: Headers, inner_applied: object | None, csrf: flows.CsrfToken) -> CsrfApplied:
         set_header(headers, X_CSRF_TOKEN, csrf.token)
         cookie = flows.merge_cookies(csrf.cookies, headers)
         if cookie:

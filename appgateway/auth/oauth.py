@@ -69,6 +69,17 @@ class OAuthStrategy:
         set_header(headers, AUTHORIZATION, b"Bearer " + token.value.encode())
         return token
 
+    def try_apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> tuple[bool, object | None]:
+        if not authenticate:
+            return True, None
+        value = self._deps.token_cache.peek(self.key)
+        if value is None:
+            return False, None
+        set_header(headers, AUTHORIZATION, b"Bearer " + value.encode())
+        return True, BearerToken(value, False)
+
     async def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, BearerToken):
             self._deps.token_cache.invalidate(self.key, applied.value)
