@@ -10,8 +10,10 @@ from appgateway.routing import (
     Lookup,
     Route,
     host_label_of,
+    host_lookup,
     route_compass,
     route_proxy,
+    route_proxy_after,
     split_absolute_form,
 )
 from appgateway.urls import parse_target, wire_path
@@ -221,6 +223,27 @@ def test_host_routing_ambiguous(host: str) -> None:
 def test_host_routing_config_error() -> None:
     with pytest.raises(ConfigError):
         route_proxy(lookup(), "erp-broken", "/x")
+
+
+def test_a_stored_error_raised_again_does_not_grow_its_traceback() -> None:
+    def depth() -> int:
+        with pytest.raises(ConfigError) as info:
+            route_proxy(lookup(), None, "/erp/broken/x")
+        assert info.value is BROKEN
+        tb, n = info.value.__traceback__, 0
+        while tb is not None:
+            tb, n = tb.tb_next, n + 1
+        return n
+
+    assert depth() == depth() == depth()
+
+
+def test_host_lookup_is_the_host_step_alone() -> None:
+    assert host_lookup(lookup(), "ERP-77AA01.svc:80") is HOSTED
+    assert host_lookup(lookup(), "other.example") is None
+    assert host_lookup(lookup(), None) is None
+    route = route_proxy_after(lookup(), HOSTED, "/a/b")
+    assert route == Route(api=HOSTED, rest="/a/b", mode="host", base="")
 
 
 @pytest.mark.parametrize(
