@@ -446,7 +446,7 @@ class Forwarder:
             ref_holder = getattr(error, "ref", None)
             if ref_holder is not None:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
-        self._metrics.observe_request(call.listener, app, service, status, duration)
+        self._metrics.observe_request(call.listener, app, service, ex.method, status, duration)
         request_id = ex.request_id
         access = self._access
         access.request(

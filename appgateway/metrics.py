@@ -25,6 +25,18 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 
 INFLIGHT = "appgateway_inflight_requests"
 
+# Request methods keep their name as a label; any other method counts as "other", so the
+# label stays bounded whatever callers send.
+_METHOD_LABELS = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+
+
+def code_class(code: int) -> str:
+    """`2xx` for 200..299 and so on; `other` outside 100..599 (no status was sent)."""
+    return f"{code // 100}xx" if 100 <= code <= 599 else "other"
+
+
 _SUMMED_TYPES = frozenset(("counter", "histogram"))
 
 
@@ -147,7 +159,7 @@ class Metrics:
         self._counter_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         # Per-request series are plain accumulators (no locks, no label hashing per call),
         # turned into metric families only when scraped.
-        self._requests: dict[tuple[str, str, str, int], list[float]] = {}
+        self._requests: dict[tuple[str, str, str, str, int], list[float]] = {}
         self._request_hist: dict[tuple[str, str, str], _Hist] = {}
         self._upstream_hist: dict[tuple[str, str], _Hist] = {}
         self._inflight: dict[str, InFlight] = {}
@@ -161,9 +173,9 @@ class Metrics:
         child.inc()
 
     def observe_request(
-        self, listener: str, app: str, service: str, code: int, duration_s: float
+        self, listener: str, app: str, service: str, method: bytes, code: int, duration_s: float
     ) -> None:
-        key = (listener, app, service, code)
+        key = (listener, app, service, _METHOD_LABELS.get(method, "other"), code)
         count = self._requests.get(key)
         if count is None:
             count = self._requests[key] = [0.0]
@@ -209,11 +221,12 @@ class Metrics:
     def _hot_families(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
             "appgateway_requests",
-            "Requests answered on the proxy listeners, by status code.",
-            labels=("listener", "app", "service", "code"),
+            "Requests answered on the proxy listeners, by method and status code (and its class).",
+            labels=("listener", "app", "service", "method", "code", "class"),
         )
-        for (listener, app, service, code), count in self._requests.items():
-            requests.add_metric((listener, app, service, str(code)), count[0])
+        for (listener, app, service, method, code), count in self._requests.items():
+            labels = (listener, app, service, method, str(code), code_class(code))
+            requests.add_metric(labels, count[0])
         yield requests
         yield _histogram_family(
             "appgateway_request_duration_seconds",

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appgateway.metrics import Metrics, merge_texts
+from appgateway.metrics import Metrics, code_class, merge_texts
 
 NAMES = [
     "appgateway_requests_total",
@@ -62,16 +62,16 @@ def test_types() -> None:
 
 def test_no_created_series() -> None:
     m = Metrics()
-    m.observe_request("proxy", "a", "s", 200, 0.1)
+    m.observe_request("proxy", "a", "s", b"GET", 200, 0.1)
     m.retry("a", "s")
     assert b"_created" not in m.render()
 
 
 def test_hot_path_methods_record_labels() -> None:
     m = Metrics()
-    m.observe_request("proxy", "demo", "open-api", 200, 0.003)
-    m.observe_request("proxy", "demo", "open-api", 200, 0.3)
-    m.observe_request("compass", "", "", 404, 0.001)
+    m.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.003)
+    m.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.3)
+    m.observe_request("compass", "", "", b"GET", 404, 0.001)
     m.observe_upstream("demo", "open-api", 0.002)
     m.upstream_error("demo", "open-api", "timeout")
     m.retry("demo", "open-api")
@@ -88,8 +88,10 @@ def test_hot_path_methods_record_labels() -> None:
     m.registry_reload("error", now=1800000000.0)
     got = samples(m.render())
     req = {"listener": "proxy", "app": "demo", "service": "open-api"}
-    assert got[key("appgateway_requests_total", code="200", **req)] == 2
-    assert got[key("appgateway_requests_total", listener="compass", app="", service="", code="404")]
+    ok = {**req, "method": "GET", "class": "2xx"}
+    assert got[key("appgateway_requests_total", code="200", **ok)] == 2
+    not_found = {"listener": "compass", "app": "", "service": "", "method": "GET", "class": "4xx"}
+    assert got[key("appgateway_requests_total", code="404", **not_found)] == 1
     assert got[key("appgateway_request_duration_seconds_count", **req)] == 2
     assert got[key("appgateway_request_duration_seconds_sum", **req)] == pytest.approx(0.303)
     assert got[key("appgateway_request_duration_seconds_bucket", le="0.005", **req)] == 1
@@ -119,10 +121,10 @@ def test_instances_do_not_share_state() -> None:
 
 def test_merge_sums_two_workers() -> None:
     one, two = Metrics(), Metrics()
-    one.observe_request("proxy", "demo", "open-api", 200, 0.003)
-    one.observe_request("proxy", "demo", "open-api", 200, 0.3)
-    two.observe_request("proxy", "demo", "open-api", 200, 0.02)
-    two.observe_request("compass", "demo", "open-api", 502, 0.02)
+    one.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.003)
+    one.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.3)
+    two.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.02)
+    two.observe_request("compass", "demo", "open-api", b"GET", 502, 0.02)
     one.inflight("proxy").inc()
     two.inflight("proxy").inc()
     two.inflight("compass").inc()
@@ -136,8 +138,10 @@ def test_merge_sums_two_workers() -> None:
     merged = samples(merged_text)
     req = {"listener": "proxy", "app": "demo", "service": "open-api"}
     compass = {"listener": "compass", "app": "demo", "service": "open-api"}
-    assert merged[key("appgateway_requests_total", code="200", **req)] == 3
-    assert merged[key("appgateway_requests_total", code="502", **compass)] == 1
+    ok = {**req, "method": "GET", "class": "2xx"}
+    bad = {**compass, "method": "GET", "class": "5xx"}
+    assert merged[key("appgateway_requests_total", code="200", **ok)] == 3
+    assert merged[key("appgateway_requests_total", code="502", **bad)] == 1
     assert merged[key("appgateway_request_duration_seconds_count", **req)] == 3
     assert merged[key("appgateway_request_duration_seconds_sum", **req)] == pytest.approx(0.323)
     assert merged[key("appgateway_request_duration_seconds_bucket", le="0.005", **req)] == 1
@@ -157,7 +161,7 @@ def test_merge_sums_two_workers() -> None:
 
 def test_merge_single_worker_is_identity() -> None:
     m = Metrics()
-    m.observe_request("proxy", "a", "s", 201, 0.5)
+    m.observe_request("proxy", "a", "s", b"GET", 201, 0.5)
     m.set_registry(apis=1, applications=1, errors=0)
     assert samples(merge_texts([m.render()])) == samples(m.render())
 
@@ -171,3 +175,35 @@ def test_merge_skips_unparsable_worker_output() -> None:
 
 def test_merge_nothing() -> None:
     assert merge_texts([]) == b""
+
+
+def test_request_labels_are_bounded() -> None:
+    m = Metrics()
+    for method in (b"GET", b"PROPFIND", b"MKCOL", b"DELETE"):
+        m.observe_request("proxy", "a", "s", method, 499, 0.1)
+    m.observe_request("proxy", "a", "s", b"GET", 0, 0.1)
+    got = samples(m.render())
+
+    def count(method: str, code: str, code_class: str) -> float:
+        labels = {"listener": "proxy", "app": "a", "service": "s", "class": code_class}
+        return got[key("appgateway_requests_total", method=method, code=code, **labels)]
+
+    assert count("other", "499", "4xx") == 2
+    assert count("GET", "499", "4xx") == count("DELETE", "499", "4xx") == 1
+    assert count("GET", "0", "other") == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (100, "1xx"),
+        (204, "2xx"),
+        (399, "3xx"),
+        (499, "4xx"),
+        (599, "5xx"),
+        (0, "other"),
+        (600, "other"),
+    ],
+)
+def test_code_class(code: int, expected: str) -> None:
+    assert code_class(code) == expected
