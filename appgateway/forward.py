@@ -528,6 +528,12 @@ class _Flight:
                 return
             error = conn.body_error
             if error is None and conn.timed_out:
+                if ex.conn.writing_paused:
+                    conn.abort()
+                    self.call.error = _CallerGone("response body idle timeout (caller not reading)")
+                    ex.abort()
+                    self._end()
+                    return
                 error = UpstreamTimeout("response body idle timeout")
             if error is not None:
                 conn.abort()
@@ -536,10 +542,9 @@ class _Flight:
             if not data:
                 ex.flush_head()
             if ex.conn.writing_paused:
-                # A slow reader: the task path waits for it, under the idle timeout.
-                conn.detach()
-                self._handoff(self.fwd._relay_body(ex, conn))
-                return
+                # Back-pressure: read from the target again once the caller has taken this.
+                conn.hold(True)
+                ex.on_writable = self.writable
             conn.arm_head_timeout(self.fwd._clock() + self.fwd._idle_timeout)
         except Exception:
             log.error("internal error while relaying a response", exc_info=log.isEnabledFor(10))
@@ -618,6 +623,12 @@ class _Flight:
     def _end(self) -> None:
         self.fwd._record(self.ex, self.call)
         self.ex.conn.done(self.ex)
+
+    def writable(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.sink is self:
+            conn.hold(False)
+            conn.arm_head_timeout(self.fwd._clock() + self.fwd._idle_timeout)
 
     def caller_lost(self) -> None:
         if self.conn is not None:

@@ -131,12 +131,6 @@ class Metrics:
         self.csrf_fetches = Counter(
             "appgateway_csrf_fetches", "CSRF token requests.", ("result",), registry=r
         )
-        self.cache_lookups = Counter(
-            "appgateway_cache_lookups",
-            "Token and CSRF cache lookups.",
-            ("cache", "result"),
-            registry=r,
-        )
         self.registry_apis = Gauge(
             "appgateway_registry_apis", "Routable APIs in the current snapshot.", registry=r
         )
@@ -163,6 +157,7 @@ class Metrics:
         self._request_hist: dict[tuple[str, str, str], _Hist] = {}
         self._upstream_hist: dict[tuple[str, str], _Hist] = {}
         self._inflight: dict[str, InFlight] = {}
+        self._lookups: dict[tuple[str, str], list[float]] = {}
         r.register(_Families(self._hot_families))
 
     def _count(self, counter: Counter, labels: tuple[str, ...]) -> None:
@@ -209,7 +204,11 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         """`cache` is `token` or `csrf`."""
-        self._count(self.cache_lookups, (cache, "hit" if hit else "miss"))
+        key = (cache, "hit" if hit else "miss")
+        count = self._lookups.get(key)
+        if count is None:
+            count = self._lookups[key] = [0.0]
+        count[0] += 1
 
     def inflight(self, listener: str) -> InFlight:
         """The listener's in-flight gauge; call `.inc()`/`.dec()` around each request."""
@@ -240,6 +239,12 @@ class Metrics:
             ("app", "service"),
             self._upstream_hist.items(),
         )
+        lookups = CounterMetricFamily(
+            "appgateway_cache_lookups", "Token and CSRF cache lookups.", labels=("cache", "result")
+        )
+        for (cache, result), count in self._lookups.items():
+            lookups.add_metric((cache, result), count[0])
+        yield lookups
         inflight = GaugeMetricFamily(INFLIGHT, "Requests being handled.", labels=("listener",))
         for listener, gauge in self._inflight.items():
             inflight.add_metric((listener,), gauge.value)

@@ -61,6 +61,7 @@ class Exchange(BodySource):
         "_head",
         "request_id",
         "on_lost",
+        "on_writable",
     )
 
     def __init__(
@@ -93,6 +94,7 @@ class Exchange(BodySource):
         self.request_id: bytes | None = None
         # Set while a fast handler (no task) owns the exchange: told when the caller leaves.
         self.on_lost: Callable[[], None] | None = None
+        self.on_writable: Callable[[], None] | None = None  # once, when a paused write resumes
 
     @property
     def has_body(self) -> bool:
@@ -362,6 +364,10 @@ class ClientConnection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+        active = self._active
+        if active is not None and active.on_writable is not None:
+            hook, active.on_writable = active.on_writable, None
+            hook()
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -447,12 +453,12 @@ class ClientConnection(asyncio.Protocol):
 
     def run(self, exchange: Exchange, work: Awaitable[None]) -> None:
         """Handle `exchange` (or the rest of it) in a task."""
-        exchange.on_lost = None
+        exchange.on_lost = exchange.on_writable = None
         self._task = self.loop.create_task(self._run(exchange, work))
 
     def done(self, exchange: Exchange) -> None:
         """A fast handler ended `exchange`."""
-        exchange.on_lost = None
+        exchange.on_lost = exchange.on_writable = None
         if self._active is exchange:
             self._finished(exchange)
 

@@ -113,6 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reading_paused = False
+        self._held = False  # reading paused for the caller's sake (callback mode)
         self._reader: asyncio.Future[None] | None = None
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -350,6 +351,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         self._head_deadline = None
 
+    def hold(self, held: bool) -> None:
+        """Stop or restart reading while the caller cannot take more (callback mode)."""
+        transport = self.transport
+        if held == self._held or transport is None or self.closed:
+            return
+        self._held = held
+        if held:
+            transport.pause_reading()
+        elif not self._reading_paused:
+            transport.resume_reading()
+
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
@@ -378,7 +390,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._held:
+                self.transport.resume_reading()
         return data
 
     @property
@@ -444,6 +457,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.body_sent
             and not self.closed
             and not self._chunks
+            and not self._held
         ):
             self.pool.release(self)
         else:

@@ -5,6 +5,7 @@ list of requests the upstream received (architecture.md "Tests")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -811,7 +812,7 @@ async def test_fast_path_caller_leaving_closes_the_upstream_connection(make_rig:
     assert rig.sample("appgateway_inflight_requests", listener="proxy") == 0.0
 
 
-async def test_fast_path_hands_a_slow_reader_to_the_task_path(make_rig: MakeRig) -> None:
+async def test_fast_path_waits_for_a_slow_reader(make_rig: MakeRig) -> None:
     size = 8 * 1024 * 1024
     payload = bytes(range(256)) * (size // 256)
 
@@ -827,3 +828,26 @@ async def test_fast_path_hands_a_slow_reader_to_the_task_path(make_rig: MakeRig)
     assert resp.status == 200 and resp.body == payload
     assert rig.api.connections == 1
     assert access_for(rig, "/shop/orders/big")["bytes_out"] > size
+
+
+async def test_fast_path_gives_up_on_a_caller_that_stops_reading(make_rig: MakeRig) -> None:
+    size = 32 * 1024 * 1024
+    sent = asyncio.Event()
+
+    async def big(conn: Connection, seen: Seen) -> None:
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 65536):
+                conn.writer.write(b"z" * 65536)
+                await conn.writer.drain()
+        sent.set()
+
+    rig = await make_rig(handler=after_warmup(big), idle_timeout=0.3)
+    await warm(rig)
+    client = await rig.clients(rig.proxy_port)
+    cast(asyncio.ReadTransport, client.writer.transport).pause_reading()
+    await client.send(request_bytes("GET", "/shop/orders/stuck", [("Host", "gw")]))
+    await asyncio.wait_for(sent.wait(), 10)  # the gateway closed the target connection
+    line = access_for(rig, "/shop/orders/stuck")
+    assert line["error"] == "response body idle timeout (caller not reading)"
+    assert rig.sample("appgateway_inflight_requests", listener="proxy") == 0.0

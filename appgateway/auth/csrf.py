@@ -15,7 +15,7 @@ from appgateway.auth import flows
 from appgateway.auth.deps import AuthDeps
 from appgateway.auth.oauth import BearerToken, OAuthStrategy
 from appgateway.errors import TokenError, UpstreamTimeout, UpstreamUnavailable
-from appgateway.headers import set_header
+from appgateway.headers import put_header, set_header
 from appgateway.model import ClientCert, Headers
 from appgateway.urls import redact
 
@@ -63,6 +63,7 @@ class CsrfStrategy:
         self._deps = deps
         self._basic = basic
         self._oauth = oauth
+        self._last: CsrfApplied | None = None  # reused while token and credential stay
 
     @property
     def inner(self) -> AuthStrategy:
@@ -95,15 +96,21 @@ class CsrfStrategy:
             return False, None
         return True, self._add(headers, inner_applied, csrf)
 
-    @staticmethod
-    def _add(headers: Headers, inner_applied: object | None, csrf: flows.CsrfToken) -> CsrfApplied:
-        set_header(headers, X_CSRF_TOKEN, csrf.token)
+    def _add(
+        self, headers: Headers, inner_applied: object | None, csrf: flows.CsrfToken
+    ) -> CsrfApplied:
+        last = self._last
+        if last is not None and last.csrf is csrf and last.inner is inner_applied:
+            put_header(headers, X_CSRF_TOKEN, csrf.token)  # checked when it was new
+        else:
+            set_header(headers, X_CSRF_TOKEN, csrf.token)
+            last = self._last = CsrfApplied(inner_applied, csrf)
         cookie = flows.merge_cookies(csrf.cookies, headers)
         if cookie:
             set_header(headers, COOKIE, cookie)
         else:
             headers[:] = [(n, v) for n, v in headers if n.lower() != b"cookie"]
-        return CsrfApplied(inner_applied, csrf)
+        return last
 
     async def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, CsrfApplied):

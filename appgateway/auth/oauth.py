@@ -16,7 +16,7 @@ from appgateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from appgateway.headers import set_header
+from appgateway.headers import put_header, set_header
 from appgateway.model import ClientCert, Headers, OAuth, OAuthMTLS
 from appgateway.urls import redact
 
@@ -47,6 +47,7 @@ class OAuthStrategy:
         self._url = credentials.token_url
         self.key = flows.token_cache_key(deps.hmac_key, credentials)
         """The token-cache key; also the credential identity in the CSRF cache key."""
+        self._cached: tuple[BearerToken, bytes] | None = None  # the last token and its field
         self._request: flows.PreparedRequest | None = None
         self._request_error = ""
         try:
@@ -77,8 +78,14 @@ class OAuthStrategy:
         value = self._deps.token_cache.peek(self.key)
         if value is None:
             return False, None
-        set_header(headers, AUTHORIZATION, b"Bearer " + value.encode())
-        return True, BearerToken(value, False)
+        cached = self._cached
+        if cached is None or cached[0].value is not value:
+            field = b"Bearer " + value.encode()
+            set_header(headers, AUTHORIZATION, field)  # checks the new token once
+            self._cached = (BearerToken(value, False), field)
+            return True, self._cached[0]
+        put_header(headers, AUTHORIZATION, cached[1])
+        return True, cached[0]
 
     async def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, BearerToken):
