@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, cast
 
 import yaml
 
@@ -31,6 +31,12 @@ _ENTRY_TYPES = ("API", "Events")
 
 # The libyaml loader is about ten times faster; both are safe loaders.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_BOOL_VALUES: Mapping[str, bool] = yaml.SafeLoader.bool_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +182,59 @@ def _documents(name: str, text: str) -> Iterator[tuple[int, object]]:
         if text.strip():
             yield 1, json.loads(text)
         return
-    yield from enumerate(yaml.load_all(text, Loader=_Loader), 1)
+    yield from enumerate(_load_all(text), 1)
+
+
+def _load_all(text: str) -> Iterator[object]:
+    """`yaml.load_all(text, Loader=_Loader)`, with plain trees built without PyYAML's constructor.
+
+    The constructor's per-node bookkeeping (aliases, recursion, deferred filling) costs more than
+    the C parser itself. Documents of just strings, nulls, booleans, mappings with string keys and
+    lists, each node used once, are built directly; any other document is constructed by PyYAML,
+    so its values and errors are exactly PyYAML's.
+    """
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = cast(yaml.Node, loader.get_node())  # not None after check_node()
+            try:
+                yield _plain(node, set())
+            except (_NotPlain, RecursionError):
+                yield loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain(node: yaml.Node, seen: set[int]) -> object:
+    kind = type(node)
+    tag = node.tag
+    if kind is yaml.ScalarNode:
+        if tag == _STR:
+            return node.value
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            value = _BOOL_VALUES.get(node.value.lower())
+            if value is not None:
+                return value
+        raise _NotPlain
+    if id(node) in seen:  # an alias: PyYAML shares the object (and allows cycles)
+        raise _NotPlain
+    seen.add(id(node))
+    if kind is yaml.MappingNode and tag == _MAP:
+        out: dict[object, object] = {}
+        for key, value in node.value:
+            if type(key) is not yaml.ScalarNode or key.tag != _STR:  # also merge keys `<<`
+                raise _NotPlain
+            out[key.value] = _plain(value, seen)
+        return out
+    if kind is yaml.SequenceNode and tag == _SEQ:
+        return [_plain(item, seen) for item in node.value]
+    raise _NotPlain
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

@@ -3,6 +3,8 @@
 All lookups a request needs are dictionary hits prepared here, so routing costs the same with
 ten Applications or ten thousand. Resolution failures become per-API configuration errors
 (registry.md §6) rather than build failures: one broken Secret must not take down the others.
+A SnapshotBuilder carries each Application's resolved routes over to the next snapshot while
+its inputs are unchanged, so a one-file change does not resolve ten thousand others again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import json
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import chain
 from types import MappingProxyType
+from typing import TypeVar
 
 from appgateway import names, urls
 from appgateway.errors import BadRequest, ConfigError, GatewayError, NotFound
@@ -176,27 +180,37 @@ _PENDING_CERT = ClientCert(b"", b"", "")  # replaced once the target URL has bee
 
 
 class _Resolver:
-    """Resolves one entry at a time; warnings go to the shared issue list."""
+    """Resolves the entries of one Application, noting every input the result depends on."""
 
-    def __init__(self, secrets: Mapping[str, SecretDoc], load_cert: LoadCert) -> None:
+    def __init__(
+        self,
+        app: AppDoc,
+        secrets: Mapping[str, SecretDoc],
+        certs: dict[tuple[bytes, bytes], ClientCert | str],
+        load_cert: LoadCert,
+    ) -> None:
+        self.app = app
         self.secrets = secrets
+        self.certs = certs
         self.load_cert = load_cert
         self.issues: list[Issue] = []
-        self._certs: dict[tuple[bytes, bytes], ClientCert | str] = {}
+        self.looked_up: dict[str, SecretDoc | None] = {}
+        self.pems: list[tuple[bytes, bytes]] = []
 
-    def warn(self, app: AppDoc, field: str, message: str) -> None:
-        self.issues.append(Issue(app.location, APPLICATION, app.name, field, message, "warning"))
+    def warn(self, field: str, message: str) -> None:
+        self.issues.append(_warning(self.app, field, message))
 
-    def route(self, app: AppDoc, service_field: str, ref: APIRef, entry: EntryDoc) -> Route:
+    def route(self, ref: APIRef, entry: EntryDoc) -> Route:
+        app = self.app
         label = names.host_label(app.name, ref.service_id) if ref.service_id else None
         try:
-            api = self._api(app, entry, ref)
+            api = self._api(entry, ref)
         except _APIError as exc:
             self.issues.append(Issue(app.location, APPLICATION, app.name, exc.field, exc.message))
             return Route(ref, app.location, entry.field, entry.target_url, None, exc.message, label)
         return Route(ref, app.location, entry.field, entry.target_url, api, None, label)
 
-    def _api(self, app: AppDoc, entry: EntryDoc, ref: APIRef) -> API:
+    def _api(self, entry: EntryDoc, ref: APIRef) -> API:
         # Kyma's order: Secrets first, then the target URL, then the certificate.
         prefix = f"failed to read API for {ref.service_name} service, "
         doc = entry.credentials
@@ -207,9 +221,9 @@ class _Resolver:
         if not doc.empty:
             if doc.type not in KNOWN_TYPES:
                 message = f"unknown type '{doc.type}': requests are sent without auth"
-                self.warn(app, f"{field}.type", message)
+                self.warn(f"{field}.type", message)
                 if doc.csrf_url is not None:
-                    self.warn(app, f"{field}.csrfInfo", "ignored with an unknown credentials type")
+                    self.warn(f"{field}.csrfInfo", "ignored with an unknown credentials type")
             elif doc.csrf_url:
                 csrf_url = doc.csrf_url
             if not doc.secret_name:
@@ -219,11 +233,11 @@ class _Resolver:
                 raise _APIError(f"{field}.authenticationUrl", message)
             secret = self._secret(doc.secret_name, f"{field}.secretName", prefix)
             credentials, pem = self._credentials(
-                app, doc.type, doc.authentication_url, secret, f"{field}.secretName", prefix
+                doc.type, doc.authentication_url, secret, f"{field}.secretName", prefix
             )
         params = RequestParameters()
         if entry.request_parameters_secret_name:
-            params = self._params(app, entry, prefix)
+            params = self._params(entry, prefix)
         target_field = f"{entry.field}.targetUrl"
         try:
             target = urls.parse_target(entry.target_url)
@@ -232,7 +246,7 @@ class _Resolver:
             message = f"failed to parse target url '{shown}': '{exc.reason}'"
             raise _APIError(target_field, message) from None
         if _has_userinfo(entry.target_url):
-            self.warn(app, target_field, "user-info is ignored")
+            self.warn(target_field, "user-info is ignored")
         if pem is not None:
             credentials = self._with_cert(credentials, pem, f"{field}.secretName")
         return API(
@@ -242,23 +256,24 @@ class _Resolver:
             credentials=credentials,
             csrf_url=csrf_url,
             params=params,
-            skip_verify=app.skip_verify,
-            encode_url=app.encode_url,
+            skip_verify=self.app.skip_verify,
+            encode_url=self.app.encode_url,
         )
 
     def _secret(self, name: str, field: str, prefix: str) -> SecretDoc:
         secret = self.secrets.get(name)
+        self.looked_up[name] = secret
         if secret is None:
             raise _APIError(field, prefix + f"secret '{name}' not found")
         return secret
 
     def _credentials(
-        self, app: AppDoc, kind: str, token_url: str, secret: SecretDoc, field: str, prefix: str
+        self, kind: str, token_url: str, secret: SecretDoc, field: str, prefix: str
     ) -> tuple[Credentials, tuple[bytes, bytes] | None]:
         def value(key: str) -> bytes:
             data = secret.data.get(key)
             if data is None:
-                self.warn(app, field, f"Secret '{secret.name}' has no key '{key}': read as empty")
+                self.warn(field, f"Secret '{secret.name}' has no key '{key}': read as empty")
                 return b""
             return data
 
@@ -281,7 +296,7 @@ class _Resolver:
         pem = (value("crt"), value("key"))
         return OAuthMTLS(token_url, client_id, _PENDING_CERT, headers, query), pem
 
-    def _params(self, app: AppDoc, entry: EntryDoc, prefix: str) -> RequestParameters:
+    def _params(self, entry: EntryDoc, prefix: str) -> RequestParameters:
         field = f"{entry.field}.requestParametersSecretName"
         secret = self._secret(entry.request_parameters_secret_name, field, prefix)
         headers = _param_map(secret.data.get("headers"), "headers", field, prefix)
@@ -289,20 +304,21 @@ class _Resolver:
         kept: list[tuple[str, tuple[str, ...]]] = []
         for name, values in headers:
             if is_ignored_parameter_header(name):
-                self.warn(app, field, f"header '{name}' is set by the gateway and ignored")
+                self.warn(field, f"header '{name}' is set by the gateway and ignored")
             else:
                 kept.append((name, values))
         query = _param_map(secret.data.get("queryParameters"), "query parameters", field, prefix)
         return RequestParameters(tuple(kept), query)
 
     def _with_cert(self, creds: Credentials, pem: tuple[bytes, bytes], field: str) -> Credentials:
-        cached = self._certs.get(pem)
+        self.pems.append(pem)
+        cached = self.certs.get(pem)
         if cached is None:
             try:
                 cached = self.load_cert(*pem)
             except ValueError as exc:
                 cached = str(exc)
-            self._certs[pem] = cached
+            self.certs[pem] = cached
         if isinstance(creds, OAuthMTLS):
             if isinstance(cached, str):
                 message = f"Failed to get token: Failed to prepare certificate, {cached}"
@@ -311,6 +327,10 @@ class _Resolver:
         if isinstance(cached, str):
             raise _APIError(field, f"Failed to prepare certificate, {cached}")
         return CertificateAuth(cached)
+
+
+def _warning(app: AppDoc, field: str, message: str) -> Issue:
+    return Issue(app.location, APPLICATION, app.name, field, message, "warning")
 
 
 def _has_userinfo(url: str) -> bool:
@@ -366,6 +386,259 @@ def _check_headers(headers: ParamMap, field: str, prefix: str) -> None:
             raise _APIError(field, f"{prefix}Failed to unmarshal headers, {reason}")
 
 
+_PathKey = tuple[str, str]
+_CompassKey = tuple[str, str, str]
+_K = TypeVar("_K", bound=Hashable)
+
+
+@dataclass(slots=True, eq=False)
+class _Resolved:
+    """One Application's share of a snapshot, reusable while its inputs are the same objects.
+
+    Its routes depend only on its document, the Secrets it looked up (found or not) and their
+    certificates, which are cached by PEM. Path and Compass names include the Application's
+    name, so their ambiguities are its own as well; host labels are the one thing shared across
+    Applications, so `host_ambiguous` is the only flag a later build may change.
+    """
+
+    app: AppDoc
+    secrets: tuple[tuple[str, SecretDoc | None], ...]
+    pems: tuple[tuple[bytes, bytes], ...]
+    issues: tuple[Issue, ...]  # from resolution, in entry order
+    path_warnings: tuple[Issue, ...]
+    compass_warnings: tuple[Issue, ...]
+    path_groups: tuple[tuple[_PathKey, tuple[int, ...]], ...]  # key -> route positions
+    compass_groups: tuple[tuple[_CompassKey, tuple[int, ...]], ...]
+    host_keys: tuple[tuple[str, int], ...]  # (ASCII-lower-cased label, route position)
+    routes: tuple[Route, ...] = ()
+    path_hits: tuple[tuple[_PathKey, _Hit], ...] = ()
+    compass_hits: tuple[tuple[_CompassKey, _Hit], ...] = ()
+    host_flagged: bool = False
+
+    def publish(self, routes: tuple[Route, ...]) -> None:
+        self.routes = routes
+        self.path_hits = tuple((key, _hit(routes, at)) for key, at in self.path_groups)
+        self.compass_hits = tuple((key, _hit(routes, at)) for key, at in self.compass_groups)
+        self.host_flagged = any(r.host_ambiguous for r in routes)
+
+    def valid(self, app: AppDoc, secrets: Mapping[str, SecretDoc]) -> bool:
+        if self.app is not app:
+            return False
+        return all(secrets.get(name) is doc for name, doc in self.secrets)
+
+
+def _hit(routes: tuple[Route, ...], at: tuple[int, ...]) -> _Hit:
+    if len(at) == 1:
+        return routes[at[0]]
+    return tuple(routes[i] for i in at)
+
+
+def _positions(keys: Iterable[_K]) -> tuple[tuple[_K, tuple[int, ...]], ...]:
+    groups: dict[_K, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return tuple((key, tuple(at)) for key, at in groups.items())
+
+
+def _services(group: Iterable[Route]) -> list[Route]:
+    """The first route of each distinct service in `group`."""
+    firsts: dict[tuple[str, str], Route] = {}
+    for r in group:
+        firsts.setdefault((r.ref.app, r.service_field), r)
+    return list(firsts.values())
+
+
+def _resolve(
+    app: AppDoc,
+    secrets: Mapping[str, SecretDoc],
+    certs: dict[tuple[bytes, bytes], ClientCert | str],
+    load_cert: LoadCert,
+) -> _Resolved:
+    resolver = _Resolver(app, secrets, certs, load_cert)
+    routes: list[Route] = []
+    for service in app.services:
+        api_entries = [e for e in service.entries if e.type == "API"]
+        normalised = names.normalize(service.display_name)
+        if api_entries and not normalised:
+            message = "normalises to an empty name: not reachable by path"
+            resolver.warn(f"{service.field}.displayName", message)
+        if len(api_entries) > 1:
+            message = f"{len(api_entries)} API entries: only the Compass listener reaches them"
+            resolver.warn(service.field, message)
+        for entry in api_entries:
+            ref = APIRef(
+                app=app.name,
+                service=normalised,
+                entry=names.normalize(entry.name),
+                service_name=service.name or service.display_name,
+                service_id=service.id,
+                display_name=service.display_name,
+                entry_name=entry.name,
+            )
+            routes.append(resolver.route(ref, entry))
+    path_groups = _positions((r.ref.app, r.ref.service) for r in routes)
+    compass_groups = _positions((r.ref.app, r.ref.service, r.ref.entry) for r in routes)
+    path_warnings: list[Issue] = []
+    for _, at in path_groups:
+        firsts = _services(routes[i] for i in at)
+        if len(firsts) > 1:
+            a, b = firsts[0].ref, firsts[1].ref
+            message = (
+                f"'{b.display_name}' normalises to '{b.service}' like '{a.display_name}': "
+                "proxy requests get 400"
+            )
+            path_warnings.append(_warning(app, f"{firsts[1].service_field}.displayName", message))
+    compass_warnings: list[Issue] = []
+    for _, at in compass_groups:
+        if len(at) > 1:
+            a, b = routes[at[0]].ref, routes[at[1]].ref
+            message = (
+                f"'{b.entry_name}' normalises to '{b.entry}' like '{a.entry_name}' in "
+                f"'{a.display_name}': Compass requests get 400"
+            )
+            compass_warnings.append(_warning(app, f"{routes[at[1]].field}.name", message))
+    by_path = {i for _, at in path_groups if len(at) > 1 for i in at}
+    by_compass = {i for _, at in compass_groups if len(at) > 1 for i in at}
+    for i in sorted(by_path | by_compass):
+        routes[i] = replace(
+            routes[i], path_ambiguous=i in by_path, compass_ambiguous=i in by_compass
+        )
+    resolved = _Resolved(
+        app=app,
+        secrets=tuple(resolver.looked_up.items()),
+        pems=tuple(resolver.pems),
+        issues=tuple(resolver.issues),
+        path_warnings=tuple(path_warnings),
+        compass_warnings=tuple(compass_warnings),
+        path_groups=path_groups,
+        compass_groups=compass_groups,
+        host_keys=tuple(
+            (_ascii_lower(r.host_label), i) for i, r in enumerate(routes) if r.host_label
+        ),
+    )
+    resolved.publish(tuple(routes))
+    return resolved
+
+
+def _host_index(entries: Sequence[_Resolved], issues: list[Issue]) -> dict[str, _Hit]:
+    """Host labels across all Applications: warns about shared ones and flags their routes."""
+    first: dict[str, tuple[_Resolved, int]] = {}
+    shared: dict[str, list[tuple[_Resolved, int]]] = {}
+    for entry in entries:
+        for key, i in entry.host_keys:
+            seen = first.get(key)
+            if seen is None:
+                first[key] = (entry, i)
+            elif key in shared:
+                shared[key].append((entry, i))
+            else:
+                shared[key] = [seen, (entry, i)]
+    marked: dict[int, set[int]] = {}
+    for key in [k for k in first if k in shared] if shared else ():  # in order of appearance
+        group = shared[key]
+        firsts: dict[tuple[str, str], tuple[AppDoc, Route]] = {}  # per distinct service
+        for e, i in group:
+            r = e.routes[i]
+            firsts.setdefault((r.ref.app, r.service_field), (e.app, r))
+        if len(firsts) > 1:
+            (_, one), (app, later) = list(firsts.values())[:2]
+            message = (
+                f"host label '{later.host_label}' is also the label of Application/"
+                f"{one.ref.app} service '{one.ref.display_name}': host requests get 400"
+            )
+            issues.append(_warning(app, f"{later.service_field}.id", message))
+        for e, i in group:
+            marked.setdefault(id(e), set()).add(i)
+    for entry in entries:
+        want = marked.get(id(entry))
+        if want is None and not entry.host_flagged:
+            continue
+        want = want or set()
+        routes = tuple(
+            r if r.host_ambiguous == (i in want) else replace(r, host_ambiguous=i in want)
+            for i, r in enumerate(entry.routes)
+        )
+        if any(a is not b for a, b in zip(routes, entry.routes, strict=True)):
+            entry.publish(routes)
+    hosts: dict[str, _Hit] = {key: e.routes[i] for key, (e, i) in first.items()}
+    for key, group in shared.items():
+        hosts[key] = tuple(e.routes[i] for e, i in group)
+    return hosts
+
+
+class SnapshotBuilder:
+    """Builds successive snapshots of one source, re-resolving only what changed.
+
+    An Application is resolved again only when its document or a Secret it looked up is no
+    longer the same object, so a change to one file costs that file's Applications plus a pass
+    over the indexes. Duplicates, namespaces and shared host labels are checked anew each time.
+    """
+
+    def __init__(self, *, secrets_namespace: str, load_cert: LoadCert) -> None:
+        self.secrets_namespace = secrets_namespace
+        self.resolved_count = 0
+        """Applications resolved so far; tests use it to prove reuse."""
+        self._load_cert = load_cert
+        self._apps: dict[str, _Resolved] = {}
+        self._certs: dict[tuple[bytes, bytes], ClientCert | str] = {}
+
+    def build(
+        self, apps: Iterable[AppDoc], secrets: Iterable[SecretDoc], issues: Sequence[Issue] = ()
+    ) -> Snapshot:
+        """Resolve every API entry against the Secrets; `issues` (from parsing) come first."""
+        out = list(issues)
+        counted: dict[str, SecretDoc] = {}
+        namespace = self.secrets_namespace
+        for secret in secrets:
+            if secret.namespace is not None and secret.namespace != namespace:
+                message = f"outside the secrets namespace '{namespace}', ignored"
+                out.append(
+                    Issue(
+                        secret.location,
+                        SECRET,
+                        secret.name,
+                        "metadata.namespace",
+                        message,
+                        "warning",
+                    )
+                )
+            elif secret.name in counted:
+                message = f"duplicate name, first defined in {counted[secret.name].location}"
+                out.append(Issue(secret.location, SECRET, secret.name, "metadata.name", message))
+            else:
+                counted[secret.name] = secret
+        previous = self._apps
+        current: dict[str, _Resolved] = {}
+        for app in apps:
+            first = current.get(app.name)
+            if first is not None:
+                message = f"duplicate name, first defined in {first.app.location}"
+                out.append(Issue(app.location, APPLICATION, app.name, "metadata.name", message))
+                continue
+            entry = previous.get(app.name)
+            if entry is None or not entry.valid(app, counted):
+                entry = _resolve(app, counted, self._certs, self._load_cert)
+                self.resolved_count += 1
+            current[app.name] = entry
+            out += entry.issues
+        entries = list(current.values())
+        for entry in entries:
+            out += entry.path_warnings
+        for entry in entries:
+            out += entry.compass_warnings
+        hosts = _host_index(entries, out)
+        paths: dict[_PathKey, _Hit] = {}
+        compass: dict[_CompassKey, _Hit] = {}
+        for entry in entries:
+            paths.update(entry.path_hits)
+            compass.update(entry.compass_hits)
+        self._apps = current
+        self._certs = {pem: self._certs[pem] for e in entries for pem in e.pems}
+        index = _Index(MappingProxyType(paths), MappingProxyType(compass), MappingProxyType(hosts))
+        routes = tuple(chain.from_iterable(e.routes for e in entries))
+        return Snapshot(tuple(out), routes, len(entries), index)
+
+
 def build_snapshot(
     apps: Iterable[AppDoc],
     secrets: Iterable[SecretDoc],
@@ -374,137 +647,6 @@ def build_snapshot(
     load_cert: LoadCert,
     issues: Sequence[Issue] = (),
 ) -> Snapshot:
-    """Resolve every API entry against the Secrets; `issues` (from parsing) come first."""
-    out = list(issues)
-    counted: dict[str, SecretDoc] = {}
-    for secret in secrets:
-        if secret.namespace is not None and secret.namespace != secrets_namespace:
-            message = f"outside the secrets namespace '{secrets_namespace}', ignored"
-            out.append(
-                Issue(
-                    secret.location, SECRET, secret.name, "metadata.namespace", message, "warning"
-                )
-            )
-        elif secret.name in counted:
-            message = f"duplicate name, first defined in {counted[secret.name].location}"
-            out.append(Issue(secret.location, SECRET, secret.name, "metadata.name", message))
-        else:
-            counted[secret.name] = secret
-    resolver = _Resolver(counted, load_cert)
-    routes: list[Route] = []
-    seen: dict[str, AppDoc] = {}
-    for app in apps:
-        if app.name in seen:
-            message = f"duplicate name, first defined in {seen[app.name].location}"
-            resolver.issues.append(
-                Issue(app.location, APPLICATION, app.name, "metadata.name", message)
-            )
-            continue
-        seen[app.name] = app
-        for service in app.services:
-            api_entries = [e for e in service.entries if e.type == "API"]
-            normalised = names.normalize(service.display_name)
-            if api_entries and not normalised:
-                message = "normalises to an empty name: not reachable by path"
-                resolver.warn(app, f"{service.field}.displayName", message)
-            if len(api_entries) > 1:
-                message = f"{len(api_entries)} API entries: only the Compass listener reaches them"
-                resolver.warn(app, service.field, message)
-            for entry in api_entries:
-                ref = APIRef(
-                    app=app.name,
-                    service=normalised,
-                    entry=names.normalize(entry.name),
-                    service_name=service.name or service.display_name,
-                    service_id=service.id,
-                    display_name=service.display_name,
-                    entry_name=entry.name,
-                )
-                routes.append(resolver.route(app, service.field, ref, entry))
-    index, final = _build_index(routes, seen, resolver)
-    return Snapshot(tuple(out + resolver.issues), final, len(seen), index)
-
-
-def _group(
-    routes: Iterable[Route], key: Callable[[Route], Hashable | None]
-) -> dict[Hashable, list[Route]]:
-    groups: dict[Hashable, list[Route]] = {}
-    for r in routes:
-        k = key(r)
-        if k is not None:
-            groups.setdefault(k, []).append(r)
-    return groups
-
-
-def _services(group: list[Route]) -> list[Route]:
-    """The first route of each distinct service in `group`."""
-    firsts: dict[tuple[str, str], Route] = {}
-    for r in group:
-        firsts.setdefault((r.ref.app, r.service_field), r)
-    return list(firsts.values())
-
-
-def _build_index(
-    routes: list[Route], apps: Mapping[str, AppDoc], resolver: _Resolver
-) -> tuple[_Index, tuple[Route, ...]]:
-    def path_key(r: Route) -> tuple[str, str]:
-        return (r.ref.app, r.ref.service)
-
-    def compass_key(r: Route) -> tuple[str, str, str]:
-        return (r.ref.app, r.ref.service, r.ref.entry)
-
-    def host_key(r: Route) -> str | None:
-        return _ascii_lower(r.host_label) if r.host_label else None
-
-    paths = _group(routes, path_key)
-    compass = _group(routes, compass_key)
-    hosts = _group(routes, host_key)
-    for group in paths.values():
-        firsts = _services(group)
-        if len(firsts) > 1:
-            a, b = firsts[0].ref, firsts[1].ref
-            message = (
-                f"'{b.display_name}' normalises to '{b.service}' like '{a.display_name}': "
-                "proxy requests get 400"
-            )
-            resolver.warn(apps[b.app], f"{firsts[1].service_field}.displayName", message)
-    for group in compass.values():
-        if len(group) > 1:
-            a, b = group[0].ref, group[1].ref
-            message = (
-                f"'{b.entry_name}' normalises to '{b.entry}' like '{a.entry_name}' in "
-                f"'{a.display_name}': Compass requests get 400"
-            )
-            resolver.warn(apps[b.app], f"{group[1].field}.name", message)
-    for group in hosts.values():
-        firsts = _services(group)
-        if len(firsts) > 1:
-            first, later = firsts[0], firsts[1]
-            message = (
-                f"host label '{later.host_label}' is also the label of Application/"
-                f"{first.ref.app} service '{first.ref.display_name}': host requests get 400"
-            )
-            resolver.warn(apps[later.ref.app], f"{later.service_field}.id", message)
-    final = {
-        id(r): replace(
-            r,
-            path_ambiguous=len(paths[path_key(r)]) > 1,
-            compass_ambiguous=len(compass[compass_key(r)]) > 1,
-            host_ambiguous=r.host_label is not None and len(hosts[host_key(r)]) > 1,
-        )
-        for r in routes
-    }
-
-    def hits(groups: dict[Hashable, list[Route]]) -> dict[Hashable, _Hit]:
-        out: dict[Hashable, _Hit] = {}
-        for key, group in groups.items():
-            members = tuple(final[id(r)] for r in group)
-            out[key] = members[0] if len(members) == 1 else members
-        return out
-
-    index = _Index(
-        MappingProxyType(hits(paths)),  # type: ignore[arg-type]
-        MappingProxyType(hits(compass)),  # type: ignore[arg-type]
-        MappingProxyType(hits(hosts)),  # type: ignore[arg-type]
-    )
-    return index, tuple(final[id(r)] for r in routes)
+    """One snapshot from scratch (sources that keep no state between builds)."""
+    builder = SnapshotBuilder(secrets_namespace=secrets_namespace, load_cert=load_cert)
+    return builder.build(apps, secrets, issues)

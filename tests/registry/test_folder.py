@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from appgateway.errors import NotFound
 from appgateway.model import API, BasicAuth
 from appgateway.registry import RegistryError
-from appgateway.registry.folder import FolderRegistry, load_snapshot
+from appgateway.registry.folder import FolderLoader, FolderRegistry, load_snapshot
 from appgateway.registry.snapshot import Snapshot
 from appgateway.tls import load_client_cert
 
@@ -304,3 +306,174 @@ async def test_warnings_are_logged_once_per_change(
             },
         )
     ]
+
+
+def loader_for(path: Path) -> FolderLoader:
+    return FolderLoader(path, secrets_namespace="kyma-system", load_cert=load_client_cert)
+
+
+def fresh(path: Path) -> Snapshot:
+    return load_snapshot(path, secrets_namespace="kyma-system", load_cert=load_client_cert)
+
+
+async def test_a_changed_manifest_is_read_without_a_rescan(
+    started: Factory, tmp_path: Path
+) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    (tmp_path / "sub").mkdir()
+    for i in range(3):
+        (tmp_path / "sub" / f"other{i}.yaml").write_text(app_yaml(f"app{i}", secret="none"))
+    registry = await started(tmp_path)
+    before = registry.snapshot()
+    scans, parses = registry.scan_count, registry.parse_count
+    (tmp_path / "sub" / "other1.yaml").write_text(app_yaml("app1", service="Items"))
+    await eventually(lambda: isinstance(registry.snapshot().by_path("app1", "items", None), API))
+    await asyncio.sleep(0.3)  # let any further events settle
+    assert (registry.scan_count, registry.parse_count) == (scans, parses + 1)
+    after = registry.snapshot()
+    kept = [r for r in after.routes if r.ref.app != "app1"]
+    assert len(kept) == 3
+    assert all(any(r is old for old in before.routes) for r in kept)
+    assert after.issues == fresh(tmp_path).issues
+
+
+async def test_new_files_and_dot_named_entries_are_found_by_a_rescan(
+    started: Factory, tmp_path: Path
+) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    registry = await started(tmp_path)
+    scans = registry.scan_count
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    await eventually(lambda: user(registry.snapshot()) == "alice")
+    assert registry.scan_count > scans
+    scans = registry.scan_count
+    temp = tmp_path / ".secrets.yaml.tmp"
+    temp.write_text(secret_yaml(user="bob"))
+    os.replace(temp, tmp_path / "secrets.yaml")
+    await eventually(lambda: user(registry.snapshot()) == "bob")
+    assert registry.scan_count > scans
+
+
+async def test_rescans_keep_running_while_events_arrive(started: Factory, tmp_path: Path) -> None:
+    """The safety rescan is due by time, not only after a quiet period."""
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    registry._rescan_due = 0.0  # as if the last rescan was RESCAN_MS ago
+    scans = registry.scan_count
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="carol"))
+    await eventually(lambda: user(registry.snapshot()) == "carol")
+    assert registry.scan_count == scans + 1
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="dave"))
+    await eventually(lambda: user(registry.snapshot()) == "dave")
+    assert registry.scan_count == scans + 1
+
+
+async def test_duplicates_through_a_changed_file_match_a_full_load(
+    started: Factory, tmp_path: Path
+) -> None:
+    (tmp_path / "a.yaml").write_text(app_yaml() + "---\n" + secret_yaml())
+    (tmp_path / "b.yaml").write_text(app_yaml("shop"))
+    registry = await started(tmp_path)
+    scans = registry.scan_count
+    (tmp_path / "b.yaml").write_text(app_yaml(service="Items") + "---\n" + secret_yaml(user="x"))
+    expected = [
+        "b.yaml#1: Application/erp: metadata.name: duplicate name, first defined in a.yaml#1",
+        "b.yaml#2: Secret/creds: metadata.name: duplicate name, first defined in a.yaml#2",
+    ]
+    await eventually(lambda: issue_texts(registry.snapshot()) == expected)
+    assert registry.snapshot().issues == fresh(tmp_path).issues
+    assert isinstance(registry.snapshot().by_path("shop", "orders", None), NotFound)
+    (tmp_path / "a.yaml").write_text(secret_yaml(user="first"))  # b.yaml's erp takes over
+    await eventually(lambda: user(registry.snapshot(), service="items") == "first")
+    assert issue_texts(registry.snapshot()) == [expected[1].replace("a.yaml#2", "a.yaml#1")]
+    assert registry.snapshot().issues == fresh(tmp_path).issues
+    assert registry.scan_count == scans
+
+
+def test_loader_reads_only_named_manifests(tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    loader = loader_for(tmp_path)
+    assert loader.load() is not None
+    (tmp_path / "apps.yaml").write_text(app_yaml(service="Items"))
+    (tmp_path / "secrets.yaml").write_text(secret_yaml(user="bob"))  # its event got lost
+    snapshot = loader.load([tmp_path / "apps.yaml"], rescan=False)
+    assert snapshot is not None and user(snapshot, service="items") == "alice"
+    assert (loader.scan_count, loader.parse_count) == (1, 3)
+    snapshot = loader.load()  # the safety rescan
+    assert snapshot is not None and user(snapshot, service="items") == "bob"
+    assert (loader.scan_count, loader.parse_count) == (2, 4)
+
+
+def test_loader_ignores_what_cannot_be_a_manifest(tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    loader = loader_for(tmp_path)
+    loader.load()
+    (tmp_path / "4913").write_text("")  # editors' probe and backup files
+    (tmp_path / "apps.yaml~").write_text("")
+    named = [tmp_path / "4913", tmp_path / "apps.yaml~", tmp_path / "gone.txt"]
+    assert loader.load(named, rescan=False) is None
+    assert loader.scan_count == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["new.yaml", "..data", ".apps.yaml.swp", "sub", "sub/x.yaml", "../elsewhere.yaml", "."],
+)
+def test_loader_rescans_for_anything_else(tmp_path: Path, event: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "apps.yaml").write_text(app_yaml())
+    loader = loader_for(root)
+    loader.load()
+    (root / "sub").mkdir()
+    (root / "sub" / "x.yaml").write_text(secret_yaml())
+    (root / "new.yaml").write_text(secret_yaml("new"))
+    snapshot = loader.load([root / event], rescan=False)
+    assert loader.scan_count == 2
+    assert snapshot is not None and user(snapshot) == "alice"
+
+
+def test_loader_rescans_when_a_known_manifest_vanishes(tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    loader = loader_for(tmp_path)
+    loader.load()
+    (tmp_path / "secrets.yaml").unlink()
+    snapshot = loader.load([tmp_path / "secrets.yaml"], rescan=False)
+    assert loader.scan_count == 2
+    assert snapshot is not None and user(snapshot) is None
+    assert issue_texts(snapshot) == issue_texts(fresh(tmp_path))
+
+
+def test_loader_of_one_file_always_rescans(tmp_path: Path) -> None:
+    path = tmp_path / "all.yaml"
+    path.write_text(app_yaml() + "---\n" + secret_yaml())
+    loader = loader_for(path)
+    loader.load()
+    path.write_text(app_yaml() + "---\n" + secret_yaml(user="bob"))
+    snapshot = loader.load([path], rescan=False)
+    assert snapshot is not None and user(snapshot) == "bob"
+    assert loader.scan_count == 2
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    assert gc.isenabled()
+    fresh(tmp_path)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        fresh(tmp_path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    gc.freeze()  # as a pre-forking server might: a load must not release these
+    try:
+        frozen = gc.get_freeze_count()
+        fresh(tmp_path)
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()

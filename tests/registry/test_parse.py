@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
+from typing import cast
 
 import pytest
+import yaml
 
 from appgateway.registry.parse import (
     AppDoc,
@@ -12,6 +15,7 @@ from appgateway.registry.parse import (
     ParseResult,
     SecretDoc,
     ServiceDoc,
+    _load_all,
     merge,
     object_key,
     parse_file,
@@ -487,3 +491,66 @@ def test_absurd_nesting_fails_the_file(depth: int) -> None:
     result = parse("deep.json", text)
     assert result.failed
     assert [str(i) for i in result.issues] == ["deep.json: nested too deeply"]
+
+
+YAML_TREES = [
+    "a: b\nc: [d, 'e', \"f\", ~, null, '', true, False, yes, NO, on]\n---\n- {x: {y: z}}\n",
+    "a: 1\nb: -2.5\nc: 0x1f\nd: 2024-01-02\ne: 2024-01-02T03:04:05Z\nf: .inf\ng: 1_000\n",
+    "a: !!str 123\nb: !!binary aGk=\nc: !!set {x, y}\nd: !!omap [{k: v}]\ne: !!pairs [{k: v}]\n",
+    "base: &b {x: 1, y: 2}\nother: {<<: *b, y: 3}\nlist: [*b, *b]\n",
+    "s: &s text\nt: *s\n",
+    "? [complex, key]\n: v\n",
+    "~: null key\n1: int key\ntrue: bool key\n",
+    "a: 1\na: 2\n",
+    "= : value key\n",
+    "",
+    "---\n---\n",
+    "a: !!bool maybe\n",
+    "a: !unknown x\n",
+    "a: !!python/object:os.system x\n",
+    "a: [1, *undefined]\n",
+    "a: b: c\n",
+    "x: &r [*r]\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_TREES)
+def test_yaml_documents_are_what_pyyaml_makes_of_them(text: str) -> None:
+    """The direct construction of plain trees must not be observable."""
+
+    def load(documents: Iterator[object]) -> list[object] | str:
+        try:
+            return list(documents)
+        except yaml.YAMLError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        except KeyError as exc:
+            return f"KeyError: {exc}"
+
+    ours = load(_load_all(text))
+    theirs = load(yaml.load_all(text, Loader=yaml.CSafeLoader))
+    if text.startswith("x: &r"):  # a cycle: equal shapes, not comparable with ==
+        assert isinstance(ours, list) and isinstance(theirs, list)
+        for tree in (ours[0], theirs[0]):
+            assert isinstance(tree, dict) and tree["x"][0] is tree["x"]
+        return
+    assert ours == theirs
+    assert repr(ours) == repr(theirs)  # types too: 1 == True, 0 == False
+    if text.startswith("base:"):
+        tree = cast(list[dict[str, list[object]]], ours)[0]
+        assert tree["list"][0] is tree["list"][1]  # aliases share, as in PyYAML
+
+
+def test_anchors_and_merge_keys_in_manifests() -> None:
+    result = parse(
+        "s.yaml",
+        """\
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: s}
+        stringData: {<<: {username: alice}, password: &p pw, again: *p}
+        """,
+    )
+    assert result.issues == ()
+    secret = result.objects[0]
+    assert isinstance(secret, SecretDoc)
+    assert dict(secret.data) == {"username": b"alice", "password": b"pw", "again": b"pw"}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +18,12 @@ from appgateway.model import (
     RequestParameters,
 )
 from appgateway.registry.parse import AppDoc, SecretDoc, parse_file
-from appgateway.registry.snapshot import APIConfigError, Snapshot, build_snapshot
+from appgateway.registry.snapshot import (
+    APIConfigError,
+    Snapshot,
+    SnapshotBuilder,
+    build_snapshot,
+)
 
 Doc = dict[str, Any]
 
@@ -645,3 +651,207 @@ def test_parse_issues_come_first() -> None:
     )
     assert [str(i) for i in snapshot.issues] == ["a.yaml#1: X: apiVersion: is required"]
     assert snapshot.error_count == 1
+
+
+# --------------------------------------------------------------------------- incremental builds
+
+
+class Files:
+    """Manifest files parsed once each, so unchanged files keep their document objects."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, tuple[Doc, ...]] = {}
+        self.parsed: dict[str, tuple[AppDoc | SecretDoc, ...]] = {}
+
+    def write(self, name: str, *docs: Doc) -> None:
+        self.raw[name] = docs
+        self.parsed[name] = parse_file(name, yaml.safe_dump_all(docs).encode()).objects
+
+    def delete(self, name: str) -> None:
+        del self.raw[name], self.parsed[name]
+
+    def docs(self) -> tuple[list[AppDoc], list[SecretDoc]]:
+        objects = [d for name in sorted(self.parsed) for d in self.parsed[name]]
+        return (
+            [d for d in objects if isinstance(d, AppDoc)],
+            [d for d in objects if isinstance(d, SecretDoc)],
+        )
+
+
+def incremental(builder: SnapshotBuilder, files: Files) -> Snapshot:
+    """The builder's snapshot, checked against one built from scratch."""
+    apps, secrets = files.docs()
+    snapshot = builder.build(apps, secrets)
+    full = build_snapshot(apps, secrets, secrets_namespace="kyma-system", load_cert=load_cert)
+    assert snapshot.issues == full.issues
+    assert snapshot.routes == full.routes
+    assert snapshot.application_count == full.application_count
+    assert snapshot._index == full._index
+    return snapshot
+
+
+def routes_of(snapshot: Snapshot, app: str) -> list[object]:
+    return [r for r in snapshot.routes if r.ref.app == app]
+
+
+CREDS = {"type": "Basic", "secretName": "creds"}
+
+
+def test_unchanged_applications_keep_their_route_objects() -> None:
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=load_cert)
+    files.write("a.yaml", application([service("Orders", api(credentials=CREDS), id="1")]))
+    files.write("b.yaml", application([service("Items", api(), id="2")], name="shop"))
+    files.write("s.yaml", secret("creds", username="alice"))
+    before = incremental(builder, files)
+    assert builder.resolved_count == 2
+    changed = service("Items", api(), api("f"), id="2")
+    files.write("b.yaml", application([changed], name="shop"))
+    after = incremental(builder, files)
+    assert builder.resolved_count == 3
+    kept = zip(routes_of(after, "erp"), routes_of(before, "erp"), strict=True)
+    assert all(a is b for a, b in kept)
+    assert len(routes_of(after, "shop")) == 2
+    assert incremental(builder, files).routes[0] is before.routes[0]  # nothing changed
+    assert builder.resolved_count == 3
+
+
+def test_a_secret_change_resolves_the_applications_that_use_it_again() -> None:
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=load_cert)
+    files.write("a.yaml", application([service("Orders", api(credentials=CREDS))]))
+    files.write("b.yaml", application([service("Items", api())], name="shop"))
+    files.write("s.yaml", secret("creds", username="alice"))
+    first = incremental(builder, files)
+    files.write("s.yaml", secret("creds", username="bob"))
+    second = incremental(builder, files)
+    assert builder.resolved_count == 3
+    assert lookup(second).credentials == BasicAuth("bob", "")
+    assert routes_of(second, "shop") == routes_of(first, "shop")
+    assert routes_of(second, "shop")[0] is routes_of(first, "shop")[0]
+    files.delete("s.yaml")  # a deleted Secret
+    third = incremental(builder, files)
+    assert issues(third) == [
+        "error: a.yaml#1: Application/erp: spec.services[0].entries[0].credentials.secretName: "
+        "failed to read API for Orders service, secret 'creds' not found"
+    ]
+    files.write("s.yaml", secret("creds", username="carol"))  # one that was missing
+    assert lookup(incremental(builder, files)).credentials == BasicAuth("carol", "")
+    assert builder.resolved_count == 5
+
+
+def test_duplicates_appear_and_disappear_like_in_a_full_build() -> None:
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=load_cert)
+    files.write("a.yaml", application([service("Orders", api("first", credentials=CREDS))]))
+    files.write("s.yaml", secret("creds", username="alice", password="pw"))
+    incremental(builder, files)
+    files.write("z.yaml", application([service("Orders", api("second"))]), secret("creds"))
+    both = incremental(builder, files)
+    assert lookup(both).ref.entry_name == "first"
+    assert issues(both) == [
+        "error: z.yaml#2: Secret/creds: metadata.name: duplicate name, first defined in s.yaml#1",
+        "error: z.yaml#1: Application/erp: metadata.name: duplicate name, first defined in "
+        "a.yaml#1",
+    ]
+    assert builder.resolved_count == 1
+    files.delete("a.yaml")  # the second definition takes over
+    alone = incremental(builder, files)
+    assert lookup(alone).ref.entry_name == "second"
+    assert issues(alone) == [
+        "error: z.yaml#2: Secret/creds: metadata.name: duplicate name, first defined in s.yaml#1"
+    ]
+    files.delete("s.yaml")
+    files.write("a.yaml", application([service("Orders", api("first", credentials=CREDS))]))
+    back = incremental(builder, files)
+    assert lookup(back).credentials == BasicAuth("", "")  # z.yaml's Secret has no values
+    assert issues(back)[-1] == (
+        "error: z.yaml#1: Application/erp: metadata.name: duplicate name, first defined in a.yaml#1"
+    )
+
+
+def test_shared_host_labels_flag_and_unflag_routes_of_unchanged_applications() -> None:
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=load_cert)
+    files.write("a.yaml", application([service("Shared", api("a"), id="a-b")], name="shop"))
+    alone = incremental(builder, files)
+    assert isinstance(alone.by_host_label("shop-a-b"), API)
+    files.write("b.yaml", application([service("Shared", api("b"), id="b")], name="shop-a"))
+    shared = incremental(builder, files)
+    assert builder.resolved_count == 2
+    assert [r.host_ambiguous for r in shared.routes] == [True, True]
+    assert isinstance(shared.by_host_label("shop-a-b"), BadRequest)
+    assert issues(shared) == [
+        "warning: b.yaml#1: Application/shop-a: spec.services[0].id: host label 'shop-a-b' is "
+        "also the label of Application/shop service 'Shared': host requests get 400"
+    ]
+    files.delete("b.yaml")
+    again = incremental(builder, files)
+    assert again.routes == alone.routes
+    assert isinstance(again.by_host_label("shop-a-b"), API)
+    assert builder.resolved_count == 2
+
+
+def test_certificates_are_loaded_once_while_in_use() -> None:
+    calls: list[bytes] = []
+
+    def counting(crt: bytes, key: bytes) -> ClientCert:
+        calls.append(crt)
+        return load_cert(crt, key)
+
+    cert = {"type": "CertificateGen", "secretName": "c"}
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=counting)
+    files.write("a.yaml", application([service("A", api(credentials=cert))]))
+    files.write("b.yaml", application([service("B", api(credentials=cert))], name="shop"))
+    files.write("s.yaml", secret("c", crt="good", key="good"))
+    builder.build(*files.docs())
+    files.write("b.yaml", application([service("B2", api(credentials=cert))], name="shop"))
+    builder.build(*files.docs())
+    assert calls == [b"good"]
+    files.write("s.yaml", secret("c", crt="good-2", key="good"), secret("old", crt="good"))
+    snapshot = builder.build(*files.docs())
+    assert calls == [b"good", b"good-2"]
+    assert [c.fingerprint for c in snapshot.client_certs()] == ["fp-good-2-good"]
+    files.write("s.yaml", secret("c", crt="good", key="good"))
+    builder.build(*files.docs())
+    assert calls == [b"good", b"good-2", b"good"]  # dropped when no longer used
+
+
+def test_incremental_builds_match_full_builds() -> None:
+    """A walk through changes of every kind, each build checked against a full one."""
+    oauth = {"type": "OAuth", "secretName": "o", "authenticationUrl": "https://t.example/t"}
+    cert = {"type": "CertificateGen", "secretName": "c"}
+    mtls = {**oauth, "type": "OAuthWithCert", "secretName": "c"}
+    files, builder = Files(), SnapshotBuilder(secrets_namespace="kyma-system", load_cert=load_cert)
+    steps: list[Callable[[], None]] = [
+        lambda: files.write(
+            "a.yaml",
+            application([service("Orders", api(credentials=CREDS), id="1")]),
+            application([service("Items", api(credentials=oauth), api("x!"), id="2")], name="s"),
+        ),
+        lambda: files.write("s.yaml", secret("creds", username="u"), secret("o", clientId="i")),
+        lambda: files.write("t.yaml", secret("creds", namespace="other", username="v")),
+        lambda: files.write("t.yaml", secret("creds", namespace=None, username="v")),
+        lambda: files.write("s.yaml", secret("o", clientId="j", headers="{bad")),
+        lambda: files.write(
+            "b.yaml",
+            application([service("Orders", api(params="p"), id="1")], name="erp2"),
+            application([service("orders", api(), id="x"), service("Orders!", api())], name="erp"),
+        ),
+        lambda: files.write("p.yaml", secret("p", headers='{"X-A": ["1"], "Host": ["h"]}')),
+        lambda: files.delete("a.yaml"),
+        lambda: files.write("a.yaml", application([service("S", api(), id="1")], name="erp2")),
+        lambda: files.delete("t.yaml"),
+        lambda: files.delete("b.yaml"),
+        lambda: files.write("c.yaml", application([service("A", api(), id="a-b")], name="shop")),
+        lambda: files.write("d.yaml", application([service("B", api(), id="b")], name="shop-a")),
+        lambda: files.write("c.yaml", application([service("A", api(), id="a-c")], name="shop")),
+        lambda: files.delete("d.yaml"),
+        lambda: files.write(
+            "e.yaml",
+            application([service("C", api(credentials=cert), api("m", credentials=mtls))]),
+            secret("c", crt="bad", key="good"),
+        ),
+        lambda: files.write(
+            "e.yaml", *files.raw["e.yaml"][:1], secret("c", crt="good", key="good")
+        ),
+    ]
+    for step in steps:
+        step()
+        incremental(builder, files)
