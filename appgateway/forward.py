@@ -24,6 +24,7 @@ from appgateway.config import Settings
 from appgateway.errors import GatewayError, NotReady, UpstreamTimeout, UpstreamUnavailable
 from appgateway.headers import (
     add_parameter_headers,
+    caller_fields,
     get_header,
     outbound_headers,
     response_headers,
@@ -60,9 +61,7 @@ from appgateway.urls import merge_query, wire_path
 log = logging.getLogger("appgateway.forward")
 
 AUTHORIZATION = b"Authorization"
-HOST = b"host"
 LOCATION = b"location"
-REQUEST_ID = b"x-request-id"
 MAX_REMEMBERED_HOSTS = 1024
 
 
@@ -89,6 +88,8 @@ class _Call:
         "retried",
         "error",
         "id_generated",
+        "fields",
+        "host",
     )
 
     def __init__(self, listener: str, start: float, path: str) -> None:
@@ -101,6 +102,8 @@ class _Call:
         self.retried = False
         self.error: GatewayError | None = None
         self.id_generated = False
+        self.fields: Headers | None = None  # the caller's fields that may travel, once
+        self.host: bytes | None = None
 
 
 class Forwarder:
@@ -181,9 +184,10 @@ class Forwarder:
     # -- steps shared by both paths ---------------------------------------------------
     def _begin(self, ex: Exchange, listener: str) -> _Call:
         path = ex.target.partition(b"?")[0].decode("latin-1")  # never the query, not even in logs
-        ex.request_id = get_header(ex.headers, REQUEST_ID)
+        call = _Call(listener, self._clock(), path)
+        call.fields, call.host, ex.request_id = caller_fields(ex.headers)
         self._inflight[listener].value += 1
-        return _Call(listener, self._clock(), path)
+        return call
 
     def _route(self, ex: Exchange, call: _Call) -> tuple[Resolved, Route, str]:
         """Raises GatewayError (not ready, no such API, a bad request target)."""
@@ -203,9 +207,8 @@ class Forwarder:
         if call.listener == "compass":
             route = route_compass(snapshot, path)
         else:
-            if host is None:
-                value = get_header(ex.headers, HOST)
-                host = value.decode("latin-1") if value is not None else None
+            if host is None and call.host is not None:
+                host = call.host.decode("latin-1")
             hosts = self._hosts
             try:
                 found = hosts[host]
@@ -218,10 +221,13 @@ class Forwarder:
         return self._resolve(route.api), route, query
 
     @staticmethod
-    def _caller_headers(ex: Exchange) -> tuple[Headers, bool]:
+    def _caller_headers(ex: Exchange, call: _Call) -> tuple[Headers, bool]:
         """The caller's fields that travel, and whether the gateway authenticates (no
-        Access-Token override)."""
-        headers = outbound_headers(ex.headers)
+        Access-Token override). A second call (the fast path gave up) starts afresh."""
+        headers = call.fields
+        call.fields = None
+        if headers is None:
+            headers = outbound_headers(ex.headers)
         token = take_access_token(headers)
         if token is not None:
             set_header(headers, AUTHORIZATION, token)
@@ -299,7 +305,7 @@ class Forwarder:
         call = self._begin(ex, listener)
         try:
             resolved, route, query = self._route(ex, call)
-            headers, authenticate = self._caller_headers(ex)
+            headers, authenticate = self._caller_headers(ex, call)
             ok, applied = resolved.strategy.try_apply(headers, authenticate=authenticate)
             if not ok:
                 ex.conn.run(ex, self._guarded(ex, call, self._pipeline(ex, call)))
@@ -342,7 +348,7 @@ class Forwarder:
 
     async def _pipeline(self, ex: Exchange, call: _Call) -> None:
         resolved, route, query = self._route(ex, call)
-        headers, authenticate = self._caller_headers(ex)
+        headers, authenticate = self._caller_headers(ex, call)
         applied: Applied = await resolved.strategy.apply(headers, authenticate=authenticate)
         body, stream = await self._read_body(ex)
         request, first = self._request(ex, call, route, resolved, query, headers, body, stream)

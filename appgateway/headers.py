@@ -45,6 +45,7 @@ IGNORED_PARAMETER_HEADERS = frozenset(
 """Lower-case request-parameter header names that the gateway controls and never adds."""
 
 ACCESS_TOKEN = b"access-token"
+REQUEST_ID = b"x-request-id"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
@@ -74,6 +75,31 @@ def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:
 def outbound_headers(caller: Headers) -> Headers:
     """The caller's fields that may travel upstream (behaviour.md §4 steps 1-2)."""
     return _without(caller, _OUTBOUND_DROP)
+
+
+def caller_fields(caller: Headers) -> tuple[Headers, bytes | None, bytes | None]:
+    """`outbound_headers`, with the first Host and X-Request-Id values, in one pass."""
+    out: Headers = []
+    named: set[bytes] | None = None
+    host: bytes | None = None
+    request_id: bytes | None = None
+    for name, value in caller:
+        low = name.lower()
+        if low in _OUTBOUND_DROP:
+            if low == b"host":
+                if host is None:
+                    host = value
+            elif low == b"connection":
+                if named is None:
+                    named = set()
+                named.update(token.strip().lower() for token in value.split(b","))
+            continue
+        if low == REQUEST_ID and request_id is None:
+            request_id = value
+        out.append((name, value))
+    if named:
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return out, host, request_id
 
 
 def response_headers(upstream: Headers) -> Headers:

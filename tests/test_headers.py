@@ -5,6 +5,7 @@ import pytest
 from appgateway.headers import (
     IGNORED_PARAMETER_HEADERS,
     add_parameter_headers,
+    caller_fields,
     get_header,
     has_header,
     is_ignored_parameter_header,
@@ -291,3 +292,24 @@ def test_response_keeps_repeats_order_and_other_fields() -> None:
         (b"X-Forwarded-For", b"kept"),
         (b"Server", b"up"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("caller", "host", "request_id"),
+    [
+        ([], None, None),
+        ([(b"Host", b"gw"), (b"host", b"other")], b"gw", None),
+        ([(b"x-request-id", b"r1"), (b"X-Request-Id", b"r2")], None, b"r1"),
+        ([(b"X-Request-Id", b"")], None, b""),
+        ([(b"Connection", b"x-request-id"), (b"X-Request-Id", b"r1")], None, b"r1"),
+        (
+            [(b"Connection", b"keep-alive, X-Drop"), (b"X-Drop", b"1"), (b"HOST", b"h:80")],
+            b"h:80",
+            None,
+        ),
+    ],
+)
+def test_caller_fields_is_outbound_headers_plus_host_and_request_id(
+    caller: Headers, host: bytes | None, request_id: bytes | None
+) -> None:
+    assert caller_fields(caller) == (outbound_headers(caller), host, request_id)
