@@ -167,6 +167,10 @@ def parse_file(name: str, data: bytes) -> ParseResult:
         return file_error(name, _yaml_reason(exc))
     except RecursionError:
         return file_error(name, "nested too deeply")
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # An explicit tag the value does not fit (`!!int abc`, `!!timestamp x`) fails in
+        # PyYAML's constructor, outside its own error type. The value is not echoed.
+        return file_error(name, "invalid YAML: a value does not fit its explicit tag")
     out = _Output()
     try:
         for number, doc in documents:

@@ -554,3 +554,14 @@ def test_anchors_and_merge_keys_in_manifests() -> None:
     secret = result.objects[0]
     assert isinstance(secret, SecretDoc)
     assert dict(secret.data) == {"username": b"alice", "password": b"pw", "again": b"pw"}
+
+
+@pytest.mark.parametrize(
+    "text", [b"x: !!int abc", b"x: !!bool maybe", b"x: !!timestamp x", b"x: !!float nope"]
+)
+def test_a_value_that_does_not_fit_its_tag_is_a_file_error(text: bytes) -> None:
+    result = parse_file("apps.yaml", text + b"\nsecret: hunter2\n")
+    (issue,) = result.issues
+    assert issue.severity == "error" and issue.location == "apps.yaml"
+    assert issue.message == "invalid YAML: a value does not fit its explicit tag"
+    assert result.objects == ()
