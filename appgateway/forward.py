@@ -311,7 +311,10 @@ class Forwarder:
                 ex.conn.run(ex, self._guarded(ex, call, self._pipeline(ex, call)))
                 return True
             request, first = self._request(ex, call, route, resolved, query, headers, None, None)
-        except GatewayError as exc:
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                log.error("internal error while preparing a request", exc_info=log.isEnabledFor(10))
+                exc = GatewayError("internal error")
             self._failed(ex, call, exc)
             self._record(ex, call)
             ex.conn.done(ex)

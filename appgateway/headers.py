@@ -7,6 +7,7 @@ ignoring ASCII case, and order and repeats are kept because some APIs care (Set-
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from appgateway.model import Headers, ParamMap
 
@@ -176,17 +177,26 @@ def add_parameter_headers(headers: Headers, params: ParamMap) -> None:
         return
     present = {n.lower() for n, _ in headers}
     added: Headers = []
+    for low, fields in _parameter_fields(params):
+        if low not in present and fields:
+            added.extend(fields)
+            present.add(low)
+    headers.extend(added)
+
+
+@lru_cache(maxsize=4096)
+def _parameter_fields(params: ParamMap) -> tuple[tuple[bytes, Headers], ...]:
+    """Per parameter header (ignored names left out): its lower-case name and its fields,
+    encoded and checked once. A bad field raises here, before any list changes."""
+    out: list[tuple[bytes, Headers]] = []
     for name, values in params:
         if is_ignored_parameter_header(name):
             continue
         raw_name = name.encode("utf-8")
-        low = raw_name.lower()
-        if low in present:
-            continue
+        fields: Headers = []
         for value in values:
             raw_value = value.encode("utf-8")
             _check(raw_name, raw_value)
-            added.append((raw_name, raw_value))
-        if values:
-            present.add(low)
-    headers.extend(added)
+            fields.append((raw_name, raw_value))
+        out.append((raw_name.lower(), fields))
+    return tuple(out)

@@ -133,14 +133,21 @@ def merge_query(target_query: str, caller_query: str, params: ParamMap) -> str:
         q = target_query or caller_query
     if not params:
         return q
-    present = {unquote_plus(pair.partition("=")[0]) for pair in q.split("&")} if q else set()
-    added: list[str] = []
+    encoded = _encoded_params(params)
+    if not q:
+        return "&".join(pairs for _, pairs in encoded if pairs)
+    present = {unquote_plus(pair.partition("=")[0]) for pair in q.split("&")}
+    return "&".join([q, *(pairs for key, pairs in encoded if pairs and key not in present)])
+
+
+@lru_cache(maxsize=4096)
+def _encoded_params(params: ParamMap) -> tuple[tuple[str, str], ...]:
+    """Per parameter name, in name order: its `k=v&k=v2` text (the same on every request)."""
+    out: list[tuple[str, str]] = []
     for key, values in sorted(params, key=lambda item: item[0]):
-        if key in present:
-            continue
         encoded_key = form_encode(key)
-        added.extend(f"{encoded_key}={form_encode(value)}" for value in values)
-    return "&".join(part for part in (q, *added) if part)
+        out.append((key, "&".join(f"{encoded_key}={form_encode(value)}" for value in values)))
+    return tuple(out)
 
 
 def split_host_port(authority: str) -> tuple[str, str | None]:
