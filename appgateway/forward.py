@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
 from appgateway.config import Settings
@@ -32,7 +32,7 @@ from appgateway.headers import (
     take_access_token,
 )
 from appgateway.logs import AccessLog
-from appgateway.metrics import Metrics
+from appgateway.metrics import Histogram, Metrics, RequestSeries
 from appgateway.model import API, Headers
 from appgateway.registry import Registry
 from appgateway.registry.snapshot import Snapshot
@@ -67,12 +67,16 @@ MAX_REMEMBERED_HOSTS = 1024
 
 @dataclass(slots=True)
 class Resolved:
-    """What one API needs per request, built once per registry snapshot."""
+    """What one API needs per request, built once per registry snapshot: also its metric
+    series and access-line parts, so a request looks up nothing by its labels."""
 
     api: API
     strategy: AuthStrategy
     pool: Pool
     host_header: tuple[bytes, bytes]
+    upstream_hist: Histogram
+    series: dict[str, RequestSeries] = field(default_factory=dict)  # per listener
+    static: dict[tuple[str, str], str] = field(default_factory=dict)  # per (listener, mode)
 
 
 class _Call:
@@ -90,6 +94,7 @@ class _Call:
         "id_generated",
         "fields",
         "host",
+        "resolved",
     )
 
     def __init__(self, listener: str, start: float, path: str) -> None:
@@ -104,6 +109,7 @@ class _Call:
         self.id_generated = False
         self.fields: Headers | None = None  # the caller's fields that may travel, once
         self.host: bytes | None = None
+        self.resolved: Resolved | None = None
 
 
 class Forwarder:
@@ -161,7 +167,9 @@ class Forwarder:
             ctx = self._tls.get(verify, cert) if target.scheme == "https" else None
             fingerprint = cert.fingerprint if cert is not None else ""
             pool = self._upstream.pool(target, verify, fingerprint, ctx)
-            resolved = Resolved(api, strategy, pool, (b"Host", target.authority.encode()))
+            host = (b"Host", target.authority.encode())
+            upstream_hist = self._metrics.upstream_series(api.ref.app, api.ref.service)
+            resolved = Resolved(api, strategy, pool, host, upstream_hist)
             self._resolved[id(api)] = resolved
         return resolved
 
@@ -218,7 +226,8 @@ class Forwarder:
                     hosts[host] = found
             route = route_proxy_after(snapshot, found, path)
         call.route = route
-        return self._resolve(route.api), route, query
+        resolved = call.resolved = self._resolve(route.api)
+        return resolved, route, query
 
     @staticmethod
     def _caller_headers(ex: Exchange, call: _Call) -> tuple[Headers, bool]:
@@ -283,9 +292,10 @@ class Forwarder:
         reason = response.reason if status == original else b""
         ex.start_response(status, reason, headers, response.content_length)
 
-    def _upstream_done(self, call: _Call, api: API, seconds: float) -> None:
+    @staticmethod
+    def _upstream_done(call: _Call, resolved: Resolved, seconds: float) -> None:
         call.upstream_s = seconds
-        self._metrics.observe_upstream(api.ref.app, api.ref.service, seconds)
+        resolved.upstream_hist.observe(seconds)
 
     def _failed(self, ex: Exchange, call: _Call, error: GatewayError) -> None:
         call.error = error
@@ -355,21 +365,21 @@ class Forwarder:
         applied: Applied = await resolved.strategy.apply(headers, authenticate=authenticate)
         body, stream = await self._read_body(ex)
         request, first = self._request(ex, call, route, resolved, query, headers, body, stream)
-        response = await self._send(call, route.api, request, resolved.pool)
+        response = await self._send(call, resolved, request)
         await self._answer(ex, call, route, resolved, request, first, applied, response)
 
     async def _send(
-        self, call: _Call, api: API, request: OutboundRequest, pool: Pool, fresh: bool = False
+        self, call: _Call, resolved: Resolved, request: OutboundRequest, fresh: bool = False
     ) -> UpstreamResponse:
         sent = self._clock()
         response = await self._upstream.send(
             request,
-            pool,
+            resolved.pool,
             header_timeout=self._header_timeout,
             idle_timeout=self._idle_timeout,
             fresh=fresh,
         )
-        self._upstream_done(call, api, self._clock() - sent)
+        self._upstream_done(call, resolved, self._clock() - sent)
         return response
 
     async def _answer(
@@ -397,7 +407,7 @@ class Forwarder:
                 request.headers = headers
                 call.retried = True
                 self._metrics.retry(api.ref.app, api.ref.service)
-                response = await self._send(call, api, request, resolved.pool)
+                response = await self._send(call, resolved, request)
         call.upstream_status = response.status
         try:
             self._start_response(ex, route, response, request)
@@ -444,22 +454,32 @@ class Forwarder:
             status = ex.status_sent
         else:
             status = error.status if error is not None else 0
+        listener = call.listener
         route = call.route
-        if route is not None:
-            ref = route.api.ref
-            app, service, entry = ref.app, ref.service, ref.entry
-            mode = route.mode
+        resolved = call.resolved
+        access = self._access
+        if route is not None and resolved is not None:
+            series = resolved.series.get(listener)
+            static = resolved.static.get((listener, route.mode))
+            if series is None or static is None:
+                ref = route.api.ref
+                series = resolved.series[listener] = self._metrics.series(
+                    listener, ref.app, ref.service
+                )
+                static = resolved.static[(listener, route.mode)] = access.static_part(
+                    listener, route.mode, ref.app, ref.service, ref.entry
+                )
         else:
             app = service = entry = ""
-            mode = "path"
             ref_holder = getattr(error, "ref", None)
             if ref_holder is not None:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
-        self._metrics.observe_request(call.listener, app, service, ex.method, status, duration)
+            series = self._metrics.series(listener, app, service)
+            static = access.static_part(listener, "path", app, service, entry)
+        series.observe(ex.method, status, duration)
         request_id = ex.request_id
-        access = self._access
         access.request(
-            access.static_part(call.listener, mode, app, service, entry),
+            static,
             ex.method.decode("latin-1"),
             call.path,
             status,
@@ -583,8 +603,7 @@ class _Flight:
         self.head_done = True
         conn.disarm_head_timeout()
         call = self.call
-        api = self.route.api
-        fwd._upstream_done(call, api, fwd._clock() - self.sent)
+        fwd._upstream_done(call, self.resolved, fwd._clock() - self.sent)
         response = conn
         if response.status in (401, 403):
             conn.detach()
@@ -608,9 +627,7 @@ class _Flight:
     async def resend(self, *, fresh: bool) -> None:
         """The request again through the task path, from the send on."""
         fwd = self.fwd
-        response = await fwd._send(
-            self.call, self.route.api, self.request, self.resolved.pool, fresh=fresh
-        )
+        response = await fwd._send(self.call, self.resolved, self.request, fresh=fresh)
         await fwd._answer(
             self.ex,
             self.call,
