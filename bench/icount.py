@@ -103,9 +103,17 @@ def measure(scenario: str, requests: int, connections: int, warmup: int) -> dict
                 path = route_path(spec.api)
                 wait_http_ok(gateway, port, path, timeout=120)
                 asyncio.run(_load(port, path, warmup, connections))
-                subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True)
+                subprocess.run(
+                    ["callgrind_control", "-z", str(gateway.pid)],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
                 failures = asyncio.run(_load(port, path, requests, connections))
-                subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True)
+                subprocess.run(
+                    ["callgrind_control", "-d", str(gateway.pid)],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
                 dumps = sorted(work.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
                 total = _total(dumps[-1])
             finally:
