@@ -607,18 +607,7 @@ class _Flight:
         response = conn
         if response.status in (401, 403):
             conn.detach()
-            self._handoff(
-                fwd._answer(
-                    self.ex,
-                    call,
-                    self.route,
-                    self.resolved,
-                    self.request,
-                    self.first,
-                    self.applied,
-                    response,
-                )
-            )
+            self._handoff(self._answer(response))
             return False
         call.upstream_status = response.status
         fwd._start_response(self.ex, self.route, response, self.request)
@@ -628,7 +617,10 @@ class _Flight:
         """The request again through the task path, from the send on."""
         fwd = self.fwd
         response = await fwd._send(self.call, self.resolved, self.request, fresh=fresh)
-        await fwd._answer(
+        await self._answer(response)
+
+    def _answer(self, response: UpstreamResponse) -> Awaitable[None]:
+        return self.fwd._answer(
             self.ex,
             self.call,
             self.route,

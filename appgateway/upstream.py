@@ -466,6 +466,11 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.closed = True
         self.sink = None
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            # Nobody waits for this head any more (we gave up on the exchange): a failure
+            # set later by connection_lost would only be logged as never retrieved.
+            waiter.cancel()
         if self.transport is not None:
             self.transport.abort()
         self.pool.discard(self)
@@ -729,7 +734,12 @@ class Upstream:
         wins, and the rest of the body is still sent in the background when possible.
         """
         pump = self._loop.create_task(_pump(conn, stream, idle_timeout))
-        done, _ = await asyncio.wait({pump, head_ready}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({pump, head_ready}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: the caller left
+            pump.cancel()
+            pump.add_done_callback(_ignore_result)
+            raise
         if pump in done:
             pump.result()  # re-raise a send failure
             return
