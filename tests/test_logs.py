@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -9,7 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from appgateway.logs import AccessLog, LogControl, format_ts, level_name, parse_level, setup_logging
+from appgateway.logs import (
+    FLUSH_LINES,
+    FLUSH_SECONDS,
+    AccessLog,
+    LogControl,
+    format_ts,
+    level_name,
+    parse_level,
+    setup_logging,
+)
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -284,3 +294,26 @@ def test_access_request_matches_the_generic_writer(
     generic.pop("ts")
     fast.pop("ts")
     assert list(fast.items()) == list(generic.items())
+
+
+async def test_access_lines_are_batched_and_flushed_within_the_interval() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    control = setup_logging("info", io.StringIO())
+    try:
+        access = AccessLog(write_fd, control, asyncio.get_running_loop())
+        for n in range(3):
+            access.write({"n": n})
+        with pytest.raises(BlockingIOError):
+            os.read(read_fd, 65536)  # nothing written yet: one write per batch
+        await asyncio.sleep(FLUSH_SECONDS * 3)
+        lines = os.read(read_fd, 65536).decode().splitlines()
+        assert [json.loads(line)["n"] for line in lines] == [0, 1, 2]
+        for n in range(FLUSH_LINES):
+            access.write({"n": n})
+        full = os.read(read_fd, 1 << 20).decode().splitlines()
+        assert len(full) == FLUSH_LINES  # a full batch goes at once, without waiting
+    finally:
+        control.close()
+        os.close(read_fd)
+        os.close(write_fd)
