@@ -85,6 +85,7 @@ class _Call:
     __slots__ = (
         "listener",
         "start",
+        "target",
         "path",
         "route",
         "upstream_status",
@@ -97,10 +98,11 @@ class _Call:
         "resolved",
     )
 
-    def __init__(self, listener: str, start: float, path: str) -> None:
+    def __init__(self, listener: str, start: float, target: str) -> None:
         self.listener = listener
         self.start = start
-        self.path = path
+        self.target = target  # as received, decoded once
+        self.path = target.partition("?")[0]  # never the query, not even in logs
         self.route: Route | None = None
         self.upstream_status: int | None = None
         self.upstream_s: float | None = None
@@ -191,8 +193,7 @@ class Forwarder:
 
     # -- steps shared by both paths ---------------------------------------------------
     def _begin(self, ex: Exchange, listener: str) -> _Call:
-        path = ex.target.partition(b"?")[0].decode("latin-1")  # never the query, not even in logs
-        call = _Call(listener, self._clock(), path)
+        call = _Call(listener, self._clock(), ex.target.decode("latin-1"))
         call.fields, call.host, ex.request_id = caller_fields(ex.headers)
         self._inflight[listener].value += 1
         return call
@@ -204,7 +205,7 @@ class Forwarder:
         snapshot = self._registry.snapshot()
         if snapshot is not self._snapshot:
             self._use(snapshot)
-        target = ex.target.decode("latin-1")
+        target = call.target
         host: str | None = None
         if not target.startswith("/"):
             authority, target = split_absolute_form(target)

@@ -186,13 +186,9 @@ class AccessLog:
     def write(self, fields: dict[str, object]) -> None:
         if self._control.levelno > logging.INFO:
             return
-        second, millis = divmod(int(time.time() * 1000), 1000)
-        if second != self._second:
-            self._second = second
-            self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         body = self._encode(fields)
         sep = "," if len(body) > 2 else ""
-        line = f"{self._prefix}.{millis:03d}{_ACCESS_HEAD}{sep}{body[1:]}\n"
+        line = f"{self._stamp()}{_ACCESS_HEAD}{sep}{body[1:]}\n"
         if self._loop is not None:
             self._batch(line)
             return
@@ -239,13 +235,9 @@ class AccessLog:
         """
         if self._control.levelno > logging.INFO:
             return
-        second, millis = divmod(int(time.time() * 1000), 1000)
-        if second != self._second:
-            self._second = second
-            self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         q = _quote
         line = (
-            f'{self._prefix}.{millis:03d}{_ACCESS_HEAD},{static},"method":"{method}",'
+            f'{self._stamp()}{_ACCESS_HEAD},{static},"method":"{method}",'
             f'"path":{q(path)},"status":{status},"upstream_status":'
             f'{"null" if upstream_status is None else upstream_status},"retried":'
             f'{"true" if retried else "false"},"duration_ms":{duration_s * 1000:.3f},'
@@ -259,6 +251,14 @@ class AccessLog:
             self._batch(line)
             return
         self._emit(line)
+
+    def _stamp(self) -> str:
+        """`{"ts":"…` up to the milliseconds; the part up to the second is reused."""
+        second, millis = divmod(int(time.time() * 1000), 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{millis:03d}"
 
     def _batch(self, line: str) -> None:
         pending = self._pending

@@ -426,10 +426,6 @@ class UpstreamConnection(asyncio.Protocol):
                 self._reader = None
 
     @property
-    def connection(self) -> UpstreamConnection:
-        return self
-
-    @property
     def body_buffered(self) -> bool:
         """True when `read` can answer at once (data buffered, or the body has ended)."""
         return bool(self._chunks) or self.complete

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -384,12 +384,37 @@ def launch_proxy(name: str, opts: Options, work: Path, upstream_port: int) -> tu
 
 def measure(name: str, index: int, opts: Options, work: Path, upstream_port: int) -> Round:
     proc, port = launch_proxy(name, opts, work, upstream_port)
+    url = f"http://127.0.0.1:{port}{ROUTE_PATH}"
+    return timed_round(
+        name,
+        index,
+        proc,
+        lambda seconds: run_wrk(opts.load_core, url, opts.connections, seconds),
+        warmup=opts.warmup,
+        duration=opts.duration,
+        proxy_core=opts.proxy_core,
+        load_core=opts.load_core,
+    )
+
+
+def timed_round(
+    name: str,
+    index: int,
+    proc: Proc,
+    load: Callable[[int], WrkResult],
+    *,
+    warmup: int,
+    duration: int,
+    proxy_core: int,
+    load_core: int,
+) -> Round:
+    """One round on a started proxy: warm-up, then `load(duration)` with the proxy's CPU, the
+    cores' busy time and other processes' CPU measured around it. Stops the proxy."""
     with running(proc):
-        url = f"http://127.0.0.1:{port}{ROUTE_PATH}"
-        if opts.warmup > 0:
-            run_wrk(opts.load_core, url, opts.connections, opts.warmup)
+        if warmup > 0:
+            load(warmup)
         cpu_before, cores_before, other_before = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
-        result = run_wrk(opts.load_core, url, opts.connections, opts.duration)
+        result = load(duration)
         cpu_after, cores_after, other_after = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{name} died during the round:\n{proc.log_tail()}")
@@ -405,8 +430,8 @@ def measure(name: str, index: int, opts: Options, work: Path, upstream_port: int
         requests=result.requests,
         cpu_s=cpu,
         req_per_cpu_s=result.requests / cpu if cpu > 0 else float("nan"),
-        proxy_core_busy=busy_percent(cores_before, cores_after, opts.proxy_core),
-        load_core_busy=busy_percent(cores_before, cores_after, opts.load_core),
+        proxy_core_busy=busy_percent(cores_before, cores_after, proxy_core),
+        load_core_busy=busy_percent(cores_before, cores_after, load_core),
         errors=result.errors,
         non_2xx=result.non_2xx,
         access_log_lines=log_lines,

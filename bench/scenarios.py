@@ -29,7 +29,6 @@ from pathlib import Path
 from run import (
     APPGATEWAY,
     BIN,
-    CLK_TCK,
     DEFAULT_GATEWAY_CMD,
     HEADER,
     PASSWORD,
@@ -38,13 +37,8 @@ from run import (
     Round,
     Summary,
     WrkResult,
-    busy_percent,
     check_tools,
     clean_env,
-    core_busy,
-    count_access_lines,
-    cpu_seconds,
-    foreign_ticks,
     format_round,
     free_port,
     json_target,
@@ -55,6 +49,7 @@ from run import (
     start,
     stop,
     summarize,
+    timed_round,
     wait_http_ok,
 )
 
@@ -539,33 +534,16 @@ def measure(
         name, sc.api, work, up, pki, core=opts.proxy_core, gateway_cmd=opts.gateway_cmd
     )
     script = post_script(work, sc.post) if sc.post else None
-    with running(proc):
-        url = f"http://127.0.0.1:{port}{route_path(sc.api)}"
-        if opts.warmup > 0:
-            run_wrk_script(opts.load_core, url, opts.connections, opts.warmup, script)
-        cpu_before, cores_before, other_before = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
-        result = run_wrk_script(opts.load_core, url, opts.connections, opts.duration, script)
-        cpu_after, cores_after, other_after = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{name} died during the round:\n{proc.log_tail()}")
-    log_lines = count_access_lines(proc.log_path) if name == "gateway" else None
-    proc.log_path.unlink()
-    cpu = cpu_after - cpu_before
-    return Round(
-        round=index,
-        proxy=name,
-        rps=result.rps,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        requests=result.requests,
-        cpu_s=cpu,
-        req_per_cpu_s=result.requests / cpu if cpu > 0 else float("nan"),
-        proxy_core_busy=busy_percent(cores_before, cores_after, opts.proxy_core),
-        load_core_busy=busy_percent(cores_before, cores_after, opts.load_core),
-        errors=result.errors,
-        non_2xx=result.non_2xx,
-        access_log_lines=log_lines,
-        other_cpu_s=max(0, other_after - other_before) / CLK_TCK,
+    url = f"http://127.0.0.1:{port}{route_path(sc.api)}"
+    return timed_round(
+        name,
+        index,
+        proc,
+        lambda seconds: run_wrk_script(opts.load_core, url, opts.connections, seconds, script),
+        warmup=opts.warmup,
+        duration=opts.duration,
+        proxy_core=opts.proxy_core,
+        load_core=opts.load_core,
     )
 
 

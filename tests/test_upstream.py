@@ -428,7 +428,7 @@ async def test_unread_response_body_pauses_reading(
     server = await servers(big)
     resp = await send(upstream, pool_for(upstream, server), outbound(server))
     await asyncio.sleep(0.2)
-    transport = resp.connection.transport
+    transport = resp.transport
     assert transport is not None and not transport.is_reading()
     assert len(await body_of(resp)) == total
     resp.release()

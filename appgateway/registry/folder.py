@@ -25,7 +25,7 @@ import watchfiles
 
 from appgateway import tls
 from appgateway.model import ClientCert
-from appgateway.registry import RegistryError
+from appgateway.registry import RegistryError, publish
 from appgateway.registry.parse import (
     AppDoc,
     Document,
@@ -390,20 +390,4 @@ class FolderRegistry:
 
     def _apply(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        for issue in snapshot.issues:
-            fields = {"issue": str(issue)}
-            if issue.severity == "error":
-                log.error("registry error", extra={"fields": fields})
-            else:
-                log.warning("registry warning", extra={"fields": fields})
-        counts = {
-            "apis": snapshot.api_count,
-            "applications": snapshot.application_count,
-            "errors": snapshot.error_count,
-        }
-        log.info("registry updated", extra={"fields": counts})
-        if self.on_change is not None:
-            try:
-                self.on_change(snapshot)
-            except Exception:
-                log.exception("registry change hook failed")
+        publish(snapshot, snapshot.issues, self.on_change)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from appgateway import tls
 from appgateway.config import Settings, kubernetes_service_address
+from appgateway.registry import publish
 from appgateway.registry.folder import _CertCache
 from appgateway.registry.kubeclient import KubeClient, load_auth
 from appgateway.registry.kubewatch import APPLICATIONS, PAGE_SIZE, Watcher, secrets_resource
@@ -115,24 +116,7 @@ class KubernetesRegistry:
 
     def _apply(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        current = frozenset(snapshot.issues)
-        for issue in snapshot.issues:  # each problem is logged once, when it appears
-            if issue in self._logged:
-                continue
-            fields = {"fields": {"issue": str(issue)}}
-            if issue.severity == "error":
-                log.error("registry error", extra=fields)
-            else:
-                log.warning("registry warning", extra=fields)
-        self._logged = current
-        counts = {
-            "apis": snapshot.api_count,
-            "applications": snapshot.application_count,
-            "errors": snapshot.error_count,
-        }
-        log.info("registry updated", extra={"fields": counts})
-        if self.on_change is not None:
-            try:
-                self.on_change(snapshot)
-            except Exception:
-                log.exception("registry change hook failed")
+        # Each problem is logged once, when it appears.
+        new = [issue for issue in snapshot.issues if issue not in self._logged]
+        self._logged = frozenset(snapshot.issues)
+        publish(snapshot, new, self.on_change)
