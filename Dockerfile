@@ -2,14 +2,23 @@
 # Dependencies come from uv.lock (exact versions, hashes checked); the runtime image has no
 # build tools, runs as a non-root user and works with a read-only root filesystem (Python
 # writes no bytecode at run time; temporary key files go to /tmp, an emptyDir in deploy/).
+# The build stage compiles the data-path modules with mypyc (scripts/build_native.py, using the
+# dev tools in a throw-away environment); the wheel carries the extension modules.
 FROM python:3.11-slim-bookworm AS build
-ENV UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/opt/appgateway UV_COMPILE_BYTECODE=1
+ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv==0.9.7
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project --python /usr/local/bin/python3.11
+RUN UV_PROJECT_ENVIRONMENT=/opt/appgateway \
+    uv sync --frozen --no-dev --no-install-project --python /usr/local/bin/python3.11
 COPY appgateway ./appgateway
-RUN uv sync --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
+COPY scripts/build_native.py ./scripts/
+RUN UV_PROJECT_ENVIRONMENT=/opt/build uv sync --frozen --python /usr/local/bin/python3.11 \
+    && /opt/build/bin/python scripts/build_native.py
+RUN UV_PROJECT_ENVIRONMENT=/opt/appgateway \
+    uv sync --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /opt/appgateway /opt/appgateway

@@ -7,24 +7,35 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck pytest venv bench clean
+# NATIVE=0 skips compiling the data-path modules with mypyc (they then run interpreted).
+NATIVE ?= 1
 
-run: venv
+.PHONY: run test lint typecheck pytest venv native bench clean
+
+run: native
 	$(VENV)/bin/appgateway demo
 
 test: venv lint typecheck pytest
 
 lint: venv
-	$(VENV)/bin/ruff check appgateway tests bench
-	$(VENV)/bin/ruff format --check appgateway tests bench
+	$(VENV)/bin/ruff check appgateway tests bench scripts
+	$(VENV)/bin/ruff format --check appgateway tests bench scripts
 
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv
+pytest: native
 	$(VENV)/bin/pytest
 
 venv: $(VENV)/.synced
+
+# Rebuilds only when a compiled module's source changed (scripts/build_native.py checks).
+native: venv
+ifeq ($(NATIVE),1)
+	$(VENV)/bin/python scripts/build_native.py --if-stale
+else
+	$(VENV)/bin/python scripts/build_native.py --clean
+endif
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -37,8 +48,9 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 uv.lock: pyproject.toml | $(UV)
 	$(UV) lock --python $(PYTHON)
 
-bench: venv
+bench: native
 	$(VENV)/bin/python bench/run.py
 
 clean:
+	-$(VENV)/bin/python scripts/build_native.py --clean
 	rm -rf $(VENV) $(TOOLS)

@@ -351,12 +351,12 @@ class Forwarder:
             await work
         except GatewayError as exc:
             self._failed(ex, call, exc)
-        except ClientGone as exc:
-            call.error = _CallerGone(str(exc))
+        except ClientGone as gone:
+            call.error = _CallerGone(str(gone))
             ex.abort()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             call.error = _CallerGone("caller disconnected")
-            raise
+            raise cancelled
         finally:
             self._record(ex, call)
 
@@ -414,9 +414,9 @@ class Forwarder:
             self._start_response(ex, route, response, request)
             if not response.body_buffered:
                 ex.flush_head()
-        except BaseException:
+        except BaseException as interrupted:
             response.abort()
-            raise
+            raise interrupted
         await self._relay_body(ex, response)
 
     async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
@@ -441,9 +441,9 @@ class Forwarder:
                     break
                 await ex.write(data)
             ex.end()
-        except BaseException:
+        except BaseException as interrupted:
             response.abort()
-            raise
+            raise interrupted
         response.release()
 
     # -- observation ------------------------------------------------------------------

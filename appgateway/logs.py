@@ -119,24 +119,29 @@ class JsonFormatter(logging.Formatter):
             for key, value in fields.items():
                 name = str(key)
                 doc[name + "_" if name in _RESERVED else name] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exc_type"] = record.exc_info[0].__name__
+        # `exc_info=False` (or a level test's result) reaches the record as a bool.
+        info: object = getattr(record, "exc_info", None)
+        if isinstance(info, tuple) and info[0] is not None:
+            doc["exc_type"] = info[0].__name__
             if self._logger.getEffectiveLevel() <= logging.DEBUG:
-                doc["exc"] = self.formatException(record.exc_info)
+                doc["exc"] = self.formatException(info)
         return _dumps(doc)
 
 
-class _JsonHandler(logging.StreamHandler[TextIO]):
-    """Marker type so a second `setup_logging` replaces, rather than duplicates, our handler."""
+# Names our handler, so a second `setup_logging` replaces rather than duplicates it. (A name,
+# not a subclass: instances of a Python subclass defined in a mypyc-compiled module are not
+# safe to reference weakly, and `logging` keeps weak references to its handlers.)
+_HANDLER_NAME = "appgateway.json"
 
 
 def setup_logging(level: str, stream: TextIO | None = None) -> LogControl:
     """Route the whole `logging` tree (ours and the libraries') through the JSON formatter."""
     root = logging.getLogger()
     for old in list(root.handlers):
-        if isinstance(old, _JsonHandler):
+        if old.name == _HANDLER_NAME:
             root.removeHandler(old)
-    handler = _JsonHandler(sys.stderr if stream is None else stream)
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.name = _HANDLER_NAME
     handler.setFormatter(JsonFormatter(root))
     root.addHandler(handler)
     return LogControl(root, handler, level)

@@ -252,8 +252,8 @@ class Metrics:
             for method, codes in series.counts.items():
                 label = _METHOD_LABELS.get(method, "other")
                 for code, count in codes.items():
-                    key = (listener, app, service, label, code)
-                    totals[key] = totals.get(key, 0.0) + count[0]
+                    total_key = (listener, app, service, label, code)
+                    totals[total_key] = totals.get(total_key, 0.0) + count[0]
         for (listener, app, service, label, code), total in totals.items():
             labels = (listener, app, service, label, str(code), code_class(code))
             requests.add_metric(labels, total)

@@ -19,7 +19,7 @@ import httptools
 from appgateway import http1
 from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import Headers
-from appgateway.upstream import BodySource, timeout_waiter
+from appgateway.upstream import timeout_waiter
 
 log = logging.getLogger("appgateway.server")
 
@@ -31,7 +31,7 @@ class ClientGone(Exception):
     """The caller closed its connection or stalled past the idle timeout."""
 
 
-class Exchange(BodySource):
+class Exchange:
     """One request on a client connection and the means to answer it."""
 
     __slots__ = (
@@ -317,8 +317,8 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self._head_bytes += len(data)
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0] :] if exc.args else b"")
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised in callbacks; ours leave their reason here.
             rejected = self._rejected

@@ -36,11 +36,10 @@ def pool_key(target: Target, verify: bool, fingerprint: str) -> PoolKey:
     return (target.scheme, target.host, target.port, verify, fingerprint)
 
 
-class BodySource:
+class BodySource(Protocol):
     """What a streamed request body is read from (the caller's connection)."""
 
-    async def read(self) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
+    async def read(self) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -621,19 +620,19 @@ class Upstream:
                         idle_timeout=idle_timeout,
                         fresh=True,
                     )
-            raise
-        except GatewayError:
+            raise exc
+        except GatewayError as failed:
             if conn is not None:
                 conn.abort()
-            raise
-        except (OSError, ssl.SSLError, EOFError) as exc:
+            raise failed
+        except (OSError, ssl.SSLError, EOFError) as failure:
             if conn is not None:
                 conn.abort()
-            raise _classify(exc) from None
-        except BaseException:
+            raise _classify(failure) from None
+        except BaseException as interrupted:
             if conn is not None:
                 conn.abort()
-            raise
+            raise interrupted
         return conn
 
     def try_send(
@@ -674,9 +673,9 @@ class Upstream:
                         if size > limit:
                             raise UpstreamUnavailable("response body too large", "protocol")
                         parts.append(data)
-                except BaseException:
+                except BaseException as interrupted:
                     response.abort()
-                    raise
+                    raise interrupted
                 response.release()
                 return response.status, response.headers, b"".join(parts)
         except TimeoutError:
@@ -709,9 +708,9 @@ class Upstream:
             await tunnel.open(target, proxy.authorization)
             conn = UpstreamConnection(loop, pool)
             tls = await loop.start_tls(transport, conn, ctx, server_hostname=target.host)
-        except BaseException:
+        except BaseException as interrupted:
             transport.abort()
-            raise
+            raise interrupted
         if tls is None:  # pragma: no cover - only when the transport closed meanwhile
             raise UpstreamUnavailable("proxy tunnel closed during the TLS handshake", "tls")
         conn.connection_made(tls)
@@ -732,10 +731,10 @@ class Upstream:
         pump = self._loop.create_task(_pump(conn, stream, idle_timeout))
         try:
             done, _ = await asyncio.wait({pump, head_ready}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # cancelled: the caller left
+        except BaseException as interrupted:  # cancelled: the caller left
             pump.cancel()
             pump.add_done_callback(_ignore_result)
-            raise
+            raise interrupted
         if pump in done:
             pump.result()  # re-raise a send failure
             return

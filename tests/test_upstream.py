@@ -26,7 +26,6 @@ from appgateway.errors import UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import ClientCert, Headers, Target
 from appgateway.tls import TlsContexts, load_client_cert
 from appgateway.upstream import (
-    BodySource,
     OutboundRequest,
     Pool,
     StreamedBody,
@@ -105,7 +104,7 @@ async def exchange(
     return resp, body
 
 
-class ChunkSource(BodySource):
+class ChunkSource:
     """A request body arriving in pieces, as from a caller's connection.
 
     With a `gate`, everything after the first piece waits until the test opens it.

@@ -155,7 +155,7 @@ class CsrfStrategy:
             )
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             raise flows.FlowError(flows.request_failed(self._url, exc.message)) from None
-        except OSError as exc:  # building the SSL context
-            reason = f"TLS setup failed: {exc}"
+        except OSError as setup_error:  # building the SSL context
+            reason = f"TLS setup failed: {setup_error}"
             raise flows.FlowError(flows.request_failed(self._url, reason)) from None
         return status, headers

@@ -128,8 +128,8 @@ def _load_json(body: bytes) -> object:
         reason = "invalid JSON: not UTF-8"
     except json.JSONDecodeError as exc:
         reason = f"invalid JSON: {exc.msg} at offset {exc.pos}"
-    except _BadConstant as exc:
-        reason = str(exc)
+    except _BadConstant as bad:
+        reason = str(bad)
     except ValueError:
         reason = "invalid JSON: number too long"
     except RecursionError:

@@ -115,16 +115,17 @@ class OAuthStrategy:
                 )
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 raise self._error(flows.request_failed(self._url, exc.message)) from None
-            except OSError as exc:  # building the SSL context: the key material or trust store
-                raise self._error(self._prepare_failed(exc)) from None
+            except OSError as setup_error:  # building the SSL context: key material, trust store
+                raise self._error(self._prepare_failed(setup_error)) from None
             try:
                 token, expires_in = flows.parse_token_response(self._url, status, body)
-            except flows.FlowError as exc:
-                raise self._error(exc.message) from None
-        except GatewayError as exc:
+            except flows.FlowError as bad_response:
+                raise self._error(bad_response.message) from None
+        except GatewayError as failed:
             deps.metrics.token_fetch(self._flavour, "error")
-            log.warning("token request failed", extra={"fields": {**fields, "error": exc.message}})
-            raise
+            fields["error"] = failed.message
+            log.warning("token request failed", extra={"fields": fields})
+            raise failed
         deps.metrics.token_fetch(self._flavour, "ok")
         log.debug("token fetched", extra={"fields": {**fields, "expires_in": expires_in}})
         return token, flows.reuse_until(sent_at, expires_in, deps.token_default_ttl)
