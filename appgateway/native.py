@@ -39,6 +39,7 @@ COMPILED = (
     "appgateway.logs",
     "appgateway.metrics",
     "appgateway.model",
+    "appgateway.registry.snapshot",
     "appgateway.rewrite",
     "appgateway.routing",
     "appgateway.server",

@@ -26,12 +26,21 @@ class Lookup(Protocol):
     def by_path(self, app: str, service: str, entry: str | None) -> API | GatewayError: ...
 
 
-@dataclass(slots=True)
-class Route:  # not frozen: built per request, and frozen __init__ is several times slower
+@dataclass(init=False)
+class Route:
+    """Built per request: not frozen (a frozen `__init__` is several times slower), and the
+    `__init__` is written out because a generated one would run interpreted under mypyc."""
+
     api: API
     rest: str | None  # escaped rest after routing (pre-normalised), None when absent
     mode: str  # "host" or "path"
     base: str  # Location-rewrite base; "" for host routing
+
+    def __init__(self, api: API, rest: str | None, mode: str, base: str) -> None:
+        self.api = api
+        self.rest = rest
+        self.mode = mode
+        self.base = base
 
 
 def host_label_of(host: str) -> str | None:

@@ -19,7 +19,7 @@ import httptools
 from appgateway import http1
 from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import Headers
-from appgateway.upstream import timeout_waiter
+from appgateway.upstream import as_protocol, timeout_waiter
 
 log = logging.getLogger("appgateway.server")
 
@@ -251,7 +251,7 @@ FastHandler = Callable[[Exchange], bool]
 `conn.done(exchange)`, or hands the rest to a task with `conn.run(exchange, coro)`."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
     """One caller connection."""
 
     def __init__(
@@ -658,8 +658,8 @@ async def serve(
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
-    def factory() -> ClientConnection:
-        return ClientConnection(
+    def factory() -> asyncio.Protocol:
+        conn = ClientConnection(
             loop,
             handler,
             request_timeout=request_timeout,
@@ -667,5 +667,6 @@ async def serve(
             tracker=tracker,
             fast=fast,
         )
+        return as_protocol(conn)
 
     return await loop.create_server(factory, sock=sock, backlog=1024)

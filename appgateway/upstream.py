@@ -14,7 +14,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -51,14 +51,33 @@ class StreamedBody:
     length: int | None  # None: unknown, sent chunked
 
 
-@dataclass(slots=True)
+@dataclass(init=False)
 class OutboundRequest:
+    """Built per request. (The `__init__` is written out because a generated one would run
+    interpreted even when this module is compiled.)"""
+
     method: bytes
     target: Target
     path: bytes  # path and ?query exactly as sent
     headers: Headers  # final fields including Host, without framing fields
     body: bytes | None  # buffered body, or None for no body / a streamed one
-    stream: StreamedBody | None = None
+    stream: StreamedBody | None
+
+    def __init__(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: Headers,
+        body: bytes | None,
+        stream: StreamedBody | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.stream = stream
 
 
 class Sink(Protocol):
@@ -72,13 +91,23 @@ class Sink(Protocol):
     def pump(self, conn: UpstreamConnection) -> None: ...
 
 
+def as_protocol(conn: object) -> asyncio.Protocol:
+    """Our connection classes have asyncio's protocol methods without inheriting them.
+
+    A class with a Python base class compiles to a plain Python class under mypyc; without one,
+    to a native class whose attributes are C struct fields (the connections are the data path's
+    most used objects).
+    """
+    return cast(asyncio.Protocol, conn)
+
+
 def timeout_waiter(waiter: asyncio.Future[None]) -> None:
     """A timer callback that fails a pending waiter with TimeoutError."""
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """One client connection to a target, parsing responses with llhttp."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool) -> None:
@@ -687,9 +716,10 @@ class Upstream:
         proxy = None
         if self._proxies is not None:
             proxy = self._proxies.proxy_for(target.scheme, target.host, target.port)
+        conn = UpstreamConnection(loop, pool)
         if proxy is None:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(loop, pool),
+            await loop.create_connection(
+                lambda: as_protocol(conn),
                 target.host,
                 target.port,
                 ssl=ctx,
@@ -697,17 +727,16 @@ class Upstream:
             )
             return conn
         if ctx is None:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(loop, pool), proxy.host, proxy.port
-            )
+            await loop.create_connection(lambda: as_protocol(conn), proxy.host, proxy.port)
             conn.absolute_prefix = target.origin.encode()
             conn.proxy_authorization = proxy.authorization
             return conn
         transport, tunnel = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
         try:
             await tunnel.open(target, proxy.authorization)
-            conn = UpstreamConnection(loop, pool)
-            tls = await loop.start_tls(transport, conn, ctx, server_hostname=target.host)
+            tls = await loop.start_tls(
+                transport, as_protocol(conn), ctx, server_hostname=target.host
+            )
         except BaseException as interrupted:
             transport.abort()
             raise interrupted

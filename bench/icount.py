@@ -68,7 +68,9 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def measure(scenario: str, requests: int, connections: int, warmup: int) -> dict[str, object]:
+def measure(
+    scenario: str, requests: int, connections: int, warmup: int, top: int = 0
+) -> dict[str, object]:
     spec = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory(prefix="appgateway-icount-") as tmp:
         work = Path(tmp)
@@ -116,6 +118,14 @@ def measure(scenario: str, requests: int, connections: int, warmup: int) -> dict
                 )
                 dumps = sorted(work.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
                 total = _total(dumps[-1])
+                if top:
+                    annotated = subprocess.run(
+                        ["callgrind_annotate", "--threshold=100", "--auto=no", str(dumps[-1])],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                    print("\n".join(annotated.splitlines()[: top + 25]))
             finally:
                 stop(gateway, timeout=60)
         finally:
@@ -136,8 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--top", type=int, default=0, help="also print the N costliest functions (self cost)"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.scenario, args.requests, args.connections, args.warmup)
+    result = measure(args.scenario, args.requests, args.connections, args.warmup, args.top)
     if args.json:
         print(json.dumps(result))
     else:
