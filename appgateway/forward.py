@@ -354,9 +354,9 @@ class Forwarder:
         except ClientGone as gone:
             call.error = _CallerGone(str(gone))
             ex.abort()
-        except asyncio.CancelledError as cancelled:
+        except asyncio.CancelledError:
             call.error = _CallerGone("caller disconnected")
-            raise cancelled
+            raise
         finally:
             self._record(ex, call)
 
@@ -414,9 +414,9 @@ class Forwarder:
             self._start_response(ex, route, response, request)
             if not response.body_buffered:
                 ex.flush_head()
-        except BaseException as interrupted:
+        except BaseException:
             response.abort()
-            raise interrupted
+            raise
         await self._relay_body(ex, response)
 
     async def _read_body(self, ex: Exchange) -> tuple[bytes | None, StreamedBody | None]:
@@ -441,9 +441,9 @@ class Forwarder:
                     break
                 await ex.write(data)
             ex.end()
-        except BaseException as interrupted:
+        except BaseException:
             response.abort()
-            raise interrupted
+            raise
         response.release()
 
     # -- observation ------------------------------------------------------------------

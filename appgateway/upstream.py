@@ -649,19 +649,19 @@ class Upstream:
                         idle_timeout=idle_timeout,
                         fresh=True,
                     )
-            raise exc
-        except GatewayError as failed:
+            raise
+        except GatewayError:
             if conn is not None:
                 conn.abort()
-            raise failed
+            raise
         except (OSError, ssl.SSLError, EOFError) as failure:
             if conn is not None:
                 conn.abort()
             raise _classify(failure) from None
-        except BaseException as interrupted:
+        except BaseException:
             if conn is not None:
                 conn.abort()
-            raise interrupted
+            raise
         return conn
 
     def try_send(
@@ -702,9 +702,9 @@ class Upstream:
                         if size > limit:
                             raise UpstreamUnavailable("response body too large", "protocol")
                         parts.append(data)
-                except BaseException as interrupted:
+                except BaseException:
                     response.abort()
-                    raise interrupted
+                    raise
                 response.release()
                 return response.status, response.headers, b"".join(parts)
         except TimeoutError:
@@ -737,9 +737,9 @@ class Upstream:
             tls = await loop.start_tls(
                 transport, as_protocol(conn), ctx, server_hostname=target.host
             )
-        except BaseException as interrupted:
+        except BaseException:
             transport.abort()
-            raise interrupted
+            raise
         if tls is None:  # pragma: no cover - only when the transport closed meanwhile
             raise UpstreamUnavailable("proxy tunnel closed during the TLS handshake", "tls")
         conn.connection_made(tls)
@@ -760,10 +760,10 @@ class Upstream:
         pump = self._loop.create_task(_pump(conn, stream, idle_timeout))
         try:
             done, _ = await asyncio.wait({pump, head_ready}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException as interrupted:  # cancelled: the caller left
+        except BaseException:  # cancelled: the caller left
             pump.cancel()
             pump.add_done_callback(_ignore_result)
-            raise interrupted
+            raise
         if pump in done:
             pump.result()  # re-raise a send failure
             return

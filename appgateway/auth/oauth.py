@@ -125,7 +125,7 @@ class OAuthStrategy:
             deps.metrics.token_fetch(self._flavour, "error")
             fields["error"] = failed.message
             log.warning("token request failed", extra={"fields": fields})
-            raise failed
+            raise
         deps.metrics.token_fetch(self._flavour, "ok")
         log.debug("token fetched", extra={"fields": {**fields, "expires_in": expires_in}})
         return token, flows.reuse_until(sent_at, expires_in, deps.token_default_ttl)
