@@ -7,9 +7,9 @@ have an empty body (`json_body = False`).
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import ClassVar, Final
 
-JSON_CONTENT_TYPE = b"application/json;charset=UTF-8"
+JSON_CONTENT_TYPE: Final = b"application/json;charset=UTF-8"
 
 
 def render_json(status: int, message: str) -> bytes:

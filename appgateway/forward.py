@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
 from appgateway.config import Settings
@@ -58,11 +59,11 @@ from appgateway.upstream import (
 )
 from appgateway.urls import merge_query, wire_path
 
-log = logging.getLogger("appgateway.forward")
+log: Final = logging.getLogger("appgateway.forward")
 
-AUTHORIZATION = b"Authorization"
-LOCATION = b"location"
-MAX_REMEMBERED_HOSTS = 1024
+AUTHORIZATION: Final = b"Authorization"
+LOCATION: Final = b"location"
+MAX_REMEMBERED_HOSTS: Final = 1024
 
 
 @dataclass(slots=True)

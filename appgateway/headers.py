@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Final
 
 from appgateway.model import Headers, ParamMap
 
@@ -27,7 +28,7 @@ HOP_BY_HOP = frozenset(
 
 # Removed from the caller's request (behaviour.md §4 step 2). Content-Length too: the gateway
 # frames the outbound body itself, and a stale length would corrupt the exchange.
-_OUTBOUND_DROP = HOP_BY_HOP | {
+_OUTBOUND_DROP: Final = HOP_BY_HOP | {
     b"host",
     b"expect",
     b"x-forwarded-proto",
@@ -38,18 +39,18 @@ _OUTBOUND_DROP = HOP_BY_HOP | {
 }
 
 # The server re-frames the response body, so the upstream length is not relayed either.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 
-IGNORED_PARAMETER_HEADERS = frozenset(
+IGNORED_PARAMETER_HEADERS: Final = frozenset(
     {"host", "content-length"} | {name.decode() for name in HOP_BY_HOP}
 )
 """Lower-case request-parameter header names that the gateway controls and never adds."""
 
-ACCESS_TOKEN = b"access-token"
-REQUEST_ID = b"x-request-id"
+ACCESS_TOKEN: Final = b"access-token"
+REQUEST_ID: Final = b"x-request-id"
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
 
 
 def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:

@@ -6,16 +6,17 @@ Header blocks are assembled with one `b"".join` so the data path never formats t
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from appgateway.errors import JSON_CONTENT_TYPE, GatewayError, render_json
 from appgateway.model import Headers
 
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
-_STATUS_LINES: dict[int, bytes] = {
+_STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
 }
 

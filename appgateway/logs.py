@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Final, TextIO
 
 _LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
@@ -28,14 +28,14 @@ _LEVELS: dict[str, int] = {
     "fatal": logging.CRITICAL,
 }
 
-_quote = json.encoder.encode_basestring_ascii
+_quote: Final = json.encoder.encode_basestring_ascii
 
 _RESERVED = frozenset(("ts", "level", "logger", "msg"))
-FLUSH_SECONDS = 0.02
-FLUSH_LINES = 512
+FLUSH_SECONDS: Final = 0.02
+FLUSH_LINES: Final = 512
 
-_MILLIS = tuple(f".{n:03d}" for n in range(1000))
-_ACCESS_HEAD = 'Z","level":"info","logger":"access","msg":"request"'
+_MILLIS: Final = tuple(f".{n:03d}" for n in range(1000))
+_ACCESS_HEAD: Final = 'Z","level":"info","logger":"access","msg":"request"'
 
 
 def parse_level(name: str) -> tuple[str, int]:

@@ -8,14 +8,14 @@ request target (behaviour.md §2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import API
 from appgateway.urls import pre_normalize
 
-IDENTIFIER_MESSAGE = "failed to extract API Identifier from path"
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+IDENTIFIER_MESSAGE: Final = "failed to extract API Identifier from path"
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class Lookup(Protocol):

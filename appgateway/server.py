@@ -13,6 +13,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import httptools
 
@@ -21,10 +22,10 @@ from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import Headers
 from appgateway.upstream import as_protocol, timeout_waiter
 
-log = logging.getLogger("appgateway.server")
+log: Final = logging.getLogger("appgateway.server")
 
-MAX_HEAD = 64 * 1024
-HIGH_WATER = 256 * 1024
+MAX_HEAD: Final = 64 * 1024
+HIGH_WATER: Final = 256 * 1024
 
 
 class ClientGone(Exception):

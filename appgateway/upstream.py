@@ -14,7 +14,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -23,10 +23,10 @@ from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import Headers, Target
 from appgateway.proxy import ProxyConfig
 
-HIGH_WATER = 256 * 1024
-MAX_RESPONSE_HEAD = 1024 * 1024
-POOL_IDLE_SECONDS = 60.0
-POOL_MAX_IDLE = 256
+HIGH_WATER: Final = 256 * 1024
+MAX_RESPONSE_HEAD: Final = 1024 * 1024
+POOL_IDLE_SECONDS: Final = 60.0
+POOL_MAX_IDLE: Final = 256
 
 PoolKey = tuple[str, str, int, bool, str]
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
+from typing import Final
 from urllib.parse import quote, quote_plus, unquote_plus, unquote_to_bytes
 
 from appgateway.errors import BadRequest
 from appgateway.model import ParamMap, Target
 
-BAD_ESCAPE_MESSAGE = "invalid URL escape in request path"
+BAD_ESCAPE_MESSAGE: Final = "invalid URL escape in request path"
 
 # VALID bytes of behaviour.md §3.1, without `%` (checked separately: only as a valid escape).
 _VALID_CHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]"
-_NOT_VALID = re.compile(rf"[^{_VALID_CHARS}%]")
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_NOT_VALID: Final = re.compile(rf"[^{_VALID_CHARS}%]")
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _VALID_BYTES = re.compile(rb"(?:[" + _VALID_CHARS.encode() + rb"]|%[0-9A-Fa-f]{2})*")
 _CANON_SAFE = "/$&+,:;=@"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -83,7 +84,7 @@ def join(a: bytes, b: bytes | None) -> bytes:
     return a + b
 
 
-_NEEDS_NO_ESCAPE = re.compile(r"[A-Za-z0-9\-._~$&+,/:;=@]+")
+_NEEDS_NO_ESCAPE: Final = re.compile(r"[A-Za-z0-9\-._~$&+,/:;=@]+")
 
 
 @lru_cache(maxsize=4096)
