@@ -15,6 +15,7 @@ from appgateway.logs import (
     FLUSH_SECONDS,
     AccessLog,
     LogControl,
+    _millis_text,
     format_ts,
     level_name,
     parse_level,
@@ -188,6 +189,22 @@ ACCESS_FIELDS: dict[str, object] = {
     "bytes_out": 1024,
     "request_id": "abc",
 }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0.000"),
+        (0.0015, "1.500"),
+        (0.00025, "0.250"),
+        (0.0009994, "0.999"),
+        (0.0009996, "1.000"),
+        (1.2345678, "1234.568"),
+        (30.0, "30000.000"),
+    ],
+)
+def test_millis_text_matches_three_decimals(seconds: float, text: str) -> None:
+    assert _millis_text(seconds) == text == f"{seconds * 1000:.3f}"
 
 
 def test_access_log_line(control: LogControl) -> None:
