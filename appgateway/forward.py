@@ -27,7 +27,6 @@ from appgateway.headers import (
     add_parameter_headers,
     caller_fields,
     get_header,
-    outbound_headers,
     response_headers,
     set_header,
     take_access_token,
@@ -238,7 +237,7 @@ class Forwarder:
         headers = call.fields
         call.fields = None
         if headers is None:
-            headers = outbound_headers(ex.headers)
+            headers = caller_fields(ex.headers)[0]
         token = take_access_token(headers)
         if token is not None:
             set_header(headers, AUTHORIZATION, token)

@@ -64,19 +64,26 @@ def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:
         low = name.lower()
         if low in drop:
             if low == b"connection":
-                if named is None:
-                    named = set()
-                named.update(token.strip().lower() for token in value.split(b","))
+                named = _named_by(value, named)
             continue
         out.append((name, value))
-    if named:
-        out = [(n, v) for n, v in out if n.lower() not in named]
-    return out
+    return _drop_named(out, named)
+
+
+def _named_by(connection: bytes, named: set[bytes] | None) -> set[bytes]:
+    """Adds the field names a Connection value lists to `named` (made when None)."""
+    named = set() if named is None else named
+    named.update(token.strip().lower() for token in connection.split(b","))
+    return named
+
+
+def _drop_named(fields: Headers, named: set[bytes] | None) -> Headers:
+    return [(n, v) for n, v in fields if n.lower() not in named] if named else fields
 
 
 def outbound_headers(caller: Headers) -> Headers:
     """The caller's fields that may travel upstream (behaviour.md §4 steps 1-2)."""
-    return _without(caller, _OUTBOUND_DROP)
+    return caller_fields(caller)[0]
 
 
 def caller_fields(caller: Headers) -> tuple[Headers, bytes | None, bytes | None]:
@@ -92,16 +99,12 @@ def caller_fields(caller: Headers) -> tuple[Headers, bytes | None, bytes | None]
                 if host is None:
                     host = value
             elif low == b"connection":
-                if named is None:
-                    named = set()
-                named.update(token.strip().lower() for token in value.split(b","))
+                named = _named_by(value, named)
             continue
         if low == REQUEST_ID and request_id is None:
             request_id = value
         out.append((name, value))
-    if named:
-        out = [(n, v) for n, v in out if n.lower() not in named]
-    return out, host, request_id
+    return _drop_named(out, named), host, request_id
 
 
 def response_headers(upstream: Headers) -> Headers:

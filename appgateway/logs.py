@@ -61,7 +61,7 @@ def level_name(number: int) -> str:
 def format_ts(seconds: float) -> str:
     """RFC 3339 UTC with milliseconds: `2026-11-26T07:10:39.123Z`."""
     whole, millis = divmod(int(seconds * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + _MILLIS[millis] + "Z"
 
 
 def _millis_text(seconds: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -79,6 +79,17 @@ class Histogram:
         self.total += value
 
 
+K = TypeVar("K")
+
+
+def _increment(counts: dict[K, list[float]], key: K) -> None:
+    """A plain per-request counter: one boxed float per label set, read when scraped."""
+    count = counts.get(key)
+    if count is None:
+        count = counts[key] = [0.0]
+    count[0] += 1
+
+
 class RequestSeries:
     """The request counts and duration histogram of one (listener, app, service).
 
@@ -96,10 +107,7 @@ class RequestSeries:
         codes = self.counts.get(method)
         if codes is None:
             codes = self.counts[method] = {}
-        count = codes.get(code)
-        if count is None:
-            count = codes[code] = [0.0]
-        count[0] += 1
+        _increment(codes, code)
         self.hist.observe(duration_s)
 
 
@@ -205,14 +213,6 @@ class Metrics:
             hist = self._upstream_hist[key] = Histogram()
         return hist
 
-    def observe_request(
-        self, listener: str, app: str, service: str, method: bytes, code: int, duration_s: float
-    ) -> None:
-        self.series(listener, app, service).observe(method, code, duration_s)
-
-    def observe_upstream(self, app: str, service: str, duration_s: float) -> None:
-        self.upstream_series(app, service).observe(duration_s)
-
     def upstream_error(self, app: str, service: str, kind: str) -> None:
         """`kind` is one of `timeout`, `connect`, `tls`, `protocol`."""
         self._count(self.upstream_errors, (app, service, kind))
@@ -229,11 +229,7 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         """`cache` is `token` or `csrf`."""
-        key = (cache, "hit" if hit else "miss")
-        count = self._lookups.get(key)
-        if count is None:
-            count = self._lookups[key] = [0.0]
-        count[0] += 1
+        _increment(self._lookups, (cache, "hit" if hit else "miss"))
 
     def inflight(self, listener: str) -> InFlight:
         """The listener's in-flight gauge; call `.inc()`/`.dec()` around each request."""

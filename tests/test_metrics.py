@@ -62,17 +62,17 @@ def test_types() -> None:
 
 def test_no_created_series() -> None:
     m = Metrics()
-    m.observe_request("proxy", "a", "s", b"GET", 200, 0.1)
+    m.series("proxy", "a", "s").observe(b"GET", 200, 0.1)
     m.retry("a", "s")
     assert b"_created" not in m.render()
 
 
 def test_hot_path_methods_record_labels() -> None:
     m = Metrics()
-    m.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.003)
-    m.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.3)
-    m.observe_request("compass", "", "", b"GET", 404, 0.001)
-    m.observe_upstream("demo", "open-api", 0.002)
+    m.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.003)
+    m.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.3)
+    m.series("compass", "", "").observe(b"GET", 404, 0.001)
+    m.upstream_series("demo", "open-api").observe(0.002)
     m.upstream_error("demo", "open-api", "timeout")
     m.retry("demo", "open-api")
     m.retry("demo", "open-api")
@@ -121,10 +121,10 @@ def test_instances_do_not_share_state() -> None:
 
 def test_merge_sums_two_workers() -> None:
     one, two = Metrics(), Metrics()
-    one.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.003)
-    one.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.3)
-    two.observe_request("proxy", "demo", "open-api", b"GET", 200, 0.02)
-    two.observe_request("compass", "demo", "open-api", b"GET", 502, 0.02)
+    one.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.003)
+    one.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.3)
+    two.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.02)
+    two.series("compass", "demo", "open-api").observe(b"GET", 502, 0.02)
     one.inflight("proxy").inc()
     two.inflight("proxy").inc()
     two.inflight("compass").inc()
@@ -161,7 +161,7 @@ def test_merge_sums_two_workers() -> None:
 
 def test_merge_single_worker_is_identity() -> None:
     m = Metrics()
-    m.observe_request("proxy", "a", "s", b"GET", 201, 0.5)
+    m.series("proxy", "a", "s").observe(b"GET", 201, 0.5)
     m.set_registry(apis=1, applications=1, errors=0)
     assert samples(merge_texts([m.render()])) == samples(m.render())
 
@@ -180,8 +180,8 @@ def test_merge_nothing() -> None:
 def test_request_labels_are_bounded() -> None:
     m = Metrics()
     for method in (b"GET", b"PROPFIND", b"MKCOL", b"DELETE"):
-        m.observe_request("proxy", "a", "s", method, 499, 0.1)
-    m.observe_request("proxy", "a", "s", b"GET", 0, 0.1)
+        m.series("proxy", "a", "s").observe(method, 499, 0.1)
+    m.series("proxy", "a", "s").observe(b"GET", 0, 0.1)
     got = samples(m.render())
 
     def count(method: str, code: str, code_class: str) -> float:
