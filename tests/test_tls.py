@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -8,6 +9,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -15,7 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from appgateway.tls import TlsContexts, load_client_cert
+from appgateway.tls import (
+    QUIET_MESSAGE,
+    ClientContext,
+    TlsContexts,
+    client_context,
+    load_client_cert,
+)
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -249,3 +257,125 @@ async def test_handshakes_against_loopback_server(
         await _talk(port, contexts.get(True, None), host="other.example")
     assert peers == ["client", None, "client"]
     assert protocols == ["http/1.1"] * 3
+
+
+# The client's quiet read must answer exactly as OpenSSL does. Each script below runs twice over
+# in-memory BIOs against the same server, once through the stdlib's SSLObject and once through
+# ClientContext's; the outcome of every step (data, exception type, bytes the client wants to
+# send) must be equal. Steps: "w:<text>" the server sends text (delivered at once), "h:<text>"
+# it sends text but only half of the bytes arrive, "rest" delivers what is held back,
+# "r<n>" the client reads n bytes, "rb<n>" it reads into a buffer, "close" the server sends
+# close_notify, "eof" the connection ends, "junk" bytes that are not a TLS record arrive.
+TLS_SCRIPTS: list[tuple[str, ssl.TLSVersion, list[str]]] = [
+    ("read before the handshake", ssl.TLSVersion.TLSv1_3, ["r64", "hs", "r64"]),
+    ("one response, then empty", ssl.TLSVersion.TLSv1_3, ["hs", "w:hello", "r64", "r64", "r64"]),
+    ("two responses", ssl.TLSVersion.TLSv1_3, ["hs", "w:a", "r64", "r64", "w:b", "r64", "r64"]),
+    ("short reads", ssl.TLSVersion.TLSv1_3, ["hs", "w:0123456789", "r4", "r4", "r4", "r4"]),
+    ("buffer reads", ssl.TLSVersion.TLSv1_3, ["hs", "w:0123456789", "rb4", "rb64", "rb64"]),
+    ("split record", ssl.TLSVersion.TLSv1_3, ["hs", "h:abcdef", "r64", "rest", "r64", "r64"]),
+    ("close_notify", ssl.TLSVersion.TLSv1_3, ["hs", "w:x", "r64", "close", "r64", "r64"]),
+    ("close before read", ssl.TLSVersion.TLSv1_3, ["hs", "w:x", "close", "r64", "r64", "r64"]),
+    ("eof after data", ssl.TLSVersion.TLSv1_3, ["hs", "w:x", "r64", "r64", "eof", "r64", "r64"]),
+    ("eof mid-record", ssl.TLSVersion.TLSv1_3, ["hs", "w:x", "r64", "h:yz", "eof", "r64", "r64"]),
+    ("junk", ssl.TLSVersion.TLSv1_3, ["hs", "w:x", "r64", "r64", "junk", "r64", "r64"]),
+    ("TLS 1.2", ssl.TLSVersion.TLSv1_2, ["hs", "w:a", "r64", "r64", "h:bc", "r64", "rest", "r1"]),
+    ("TLS 1.2 close", ssl.TLSVersion.TLSv1_2, ["hs", "w:a", "r64", "r64", "close", "r64"]),
+]
+
+
+def _run_tls_script(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, steps: list[str]
+) -> tuple[list[tuple[str, object, bool]], list[str]]:
+    """(outcome of each step, messages of the "want read" errors) for one client context."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    held = b""
+    outcomes: list[tuple[str, object, bool]] = []
+    want_read: list[str] = []
+
+    def handshake() -> None:
+        for _ in range(10):
+            done = 0
+            for end in (client, server):
+                try:
+                    end.do_handshake()
+                    done += 1
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+            if done == 2:
+                return
+        raise AssertionError("handshake did not finish")
+
+    for step in steps:
+        result: object = None
+        if step == "hs":
+            handshake()
+        elif step.startswith(("w:", "h:")):
+            server.write(step[2:].encode())
+            wire = s_out.read()
+            cut = len(wire) // 2 if step[0] == "h" else len(wire)
+            c_in.write(wire[:cut])
+            held += wire[cut:]
+        elif step == "rest":
+            c_in.write(held)
+            held = b""
+        elif step == "close":
+            with contextlib.suppress(ssl.SSLWantReadError):
+                server.unwrap()
+            c_in.write(s_out.read())
+        elif step == "eof":
+            c_in.write_eof()
+        elif step == "junk":
+            c_in.write(b"\x00" * 40)
+        else:
+            try:
+                if step.startswith("rb"):
+                    buffer = bytearray(int(step[2:]))
+                    count = cast(int, client.read(len(buffer), buffer))  # typeshed: bytes
+                    result = bytes(buffer[:count])
+                else:
+                    result = client.read(int(step[1:]))
+            except ssl.SSLError as exc:
+                result = type(exc).__name__
+                if isinstance(exc, ssl.SSLWantReadError):
+                    want_read.append(str(exc))
+        sent = c_out.pending > 0
+        s_in.write(c_out.read())
+        outcomes.append((step, result, sent))
+    return outcomes, want_read
+
+
+@pytest.mark.parametrize(
+    ("version", "steps"), [(v, s) for _, v, s in TLS_SCRIPTS], ids=[n for n, _, _ in TLS_SCRIPTS]
+)
+def test_quiet_read_answers_as_openssl(
+    ca: Pair, tmp_path: Path, version: ssl.TLSVersion, steps: list[str]
+) -> None:
+    server_pair = make_pair("server", ca, server=True)
+    (tmp_path / "server.pem").write_bytes(server_pair.crt_pem + server_pair.key_pem())
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "server.pem")
+    server_ctx.maximum_version = version
+    quiet = client_context(False, None)
+    stdlib = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    stdlib.check_hostname = False
+    stdlib.verify_mode = ssl.CERT_NONE
+    assert isinstance(quiet, ClientContext)
+    expected, openssl_messages = _run_tls_script(stdlib, server_ctx, steps)
+    got, quiet_messages = _run_tls_script(quiet, server_ctx, steps)
+    assert got == expected
+    assert QUIET_MESSAGE not in openssl_messages
+    # The shortcut is taken after a read returned data and the buffers ran empty: in every
+    # script where OpenSSL answered "want read" in that state.
+    after_data = [
+        i
+        for i, (step, result, _) in enumerate(expected)
+        if step.startswith("r")
+        and result == "SSLWantReadError"
+        and isinstance(expected[i - 1][1], bytes)
+        and expected[i - 1][1]
+    ]
+    assert quiet_messages.count(QUIET_MESSAGE) >= (1 if after_data else 0)
