@@ -75,8 +75,17 @@ class Resolved:
     pool: Pool
     host_header: tuple[bytes, bytes]
     upstream_hist: Histogram
-    series: dict[str, RequestSeries] = field(default_factory=dict)  # per listener
-    static: dict[tuple[str, str], str] = field(default_factory=dict)  # per (listener, mode)
+    # Per kind of route (`_kind`): proxy listener by host, by path, Compass listener. Lists
+    # indexed by a small int, not dicts keyed by (listener, mode): no tuple to build and hash.
+    series: list[RequestSeries | None] = field(default_factory=lambda: [None, None, None])
+    static: list[str | None] = field(default_factory=lambda: [None, None, None])
+
+
+def _kind(listener: str, mode: str) -> int:
+    """The index into Resolved.series and Resolved.static."""
+    if listener == "compass":
+        return 2
+    return 0 if mode == "host" else 1
 
 
 class _Call:
@@ -460,14 +469,15 @@ class Forwarder:
         resolved = call.resolved
         access = self._access
         if route is not None and resolved is not None:
-            series = resolved.series.get(listener)
-            static = resolved.static.get((listener, route.mode))
+            kind = _kind(listener, route.mode)
+            series = resolved.series[kind]
+            static = resolved.static[kind]
             if series is None or static is None:
                 ref = route.api.ref
-                series = resolved.series[listener] = self._metrics.series(
+                series = resolved.series[kind] = self._metrics.series(
                     listener, ref.app, ref.service
                 )
-                static = resolved.static[(listener, route.mode)] = access.static_part(
+                static = resolved.static[kind] = access.static_part(
                     listener, route.mode, ref.app, ref.service, ref.entry
                 )
         else:

@@ -271,11 +271,12 @@ class AccessLog:
 
     def _stamp(self) -> str:
         """`{"ts":"…` up to the milliseconds; the part up to the second is reused."""
-        second, millis = divmod(int(time.time() * 1000), 1000)
+        now = int(time.time() * 1000)
+        second = now // 1000  # native integer arithmetic; divmod would be a generic call
         if second != self._second:
             self._second = second
             self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._prefix + _MILLIS[millis]
+        return self._prefix + _MILLIS[now - second * 1000]
 
     def _batch(self, line: str) -> None:
         pending = self._pending

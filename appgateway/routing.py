@@ -87,15 +87,16 @@ def _unwrap(result: API | GatewayError) -> API:
 
 def _route_path(lookup: Lookup, path: str, n: int) -> Route:
     parts = path.lstrip("/").split("/", n)
-    if len(parts) < n or "" in parts[:n]:
+    if len(parts) < n or not parts[0] or not parts[1] or (n == 3 and not parts[2]):
         raise BadRequest(IDENTIFIER_MESSAGE)
     app, service = parts[0], parts[1]
     if n == 2:
         api = _unwrap(lookup.by_path(app, service, None))
-        base = "/" + app + "/" + service
+        base = f"/{app}/{service}"
     else:
-        api = _unwrap(lookup.by_path(app, service, parts[2]))
-        base = "/" + "/".join(parts[:n])
+        entry = parts[2]
+        api = _unwrap(lookup.by_path(app, service, entry))
+        base = f"/{app}/{service}/{entry}"
     return Route(api, parts[n] if len(parts) > n else None, "path", base)
 
 

@@ -48,7 +48,7 @@ def pre_normalize(raw_path: str) -> str:
     `raw_path` holds one wire byte per character (latin-1). A `%` that does not start an
     escape cannot be repaired without guessing, so it is the caller's error.
     """
-    if _BAD_ESCAPE.search(raw_path):
+    if "%" in raw_path and _BAD_ESCAPE.search(raw_path):
         raise BadRequest(BAD_ESCAPE_MESSAGE)
     if _NOT_VALID.search(raw_path) is None:
         return raw_path

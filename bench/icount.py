@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from registry_scale import app_name, write_registry
 from run import ROOT, free_port, start, stop, wait_http_ok
 from scenarios import (
     SCENARIOS,
@@ -35,16 +37,18 @@ from scenarios import (
 )
 
 
-async def _load(port: int, path: str, requests: int, connections: int) -> int:
-    """Sends the requests; returns how many answers were not 200."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+async def _load(port: int, paths: Sequence[str], requests: int, connections: int) -> int:
+    """Sends the requests, cycling over `paths`; returns how many answers were not 200."""
+    heads = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for p in paths]
     failures = 0
+    sent = 0
 
     async def one(count: int) -> None:
-        nonlocal failures
+        nonlocal failures, sent
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(count):
-            writer.write(request)
+            writer.write(heads[sent % len(heads)])
+            sent += 1
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             if b" 200 " not in lines[0] + b" ":
@@ -61,15 +65,26 @@ async def _load(port: int, path: str, requests: int, connections: int) -> int:
     return failures
 
 
-def _total(dump: Path) -> int:
+def _totals(dump: Path) -> dict[str, int]:
+    """Callgrind's totals by event name (Ir, and with --cache D1mr, DLmr, ...)."""
+    events: list[str] = []
     for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+            return dict(zip(events, map(int, line.split()[1:]), strict=False))
     raise RuntimeError(f"no totals in {dump}")
 
 
 def measure(
-    scenario: str, requests: int, connections: int, warmup: int, top: int = 0
+    scenario: str,
+    requests: int,
+    connections: int,
+    warmup: int,
+    top: int = 0,
+    save: Path | None = None,
+    apps: int = 0,
+    cache: bool = False,
 ) -> dict[str, object]:
     spec = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory(prefix="appgateway-icount-") as tmp:
@@ -77,7 +92,12 @@ def measure(
         pki = make_pki(work / "pki")
         upstream = start_upstream(work, None, size=spec.size, pki=pki)
         try:
-            registry = write_apis(work / "registry", [spec.api], upstream, pki)
+            if apps:
+                registry = write_registry(work / "registry", apps, upstream)
+                paths = [f"/{app_name(i)}/basic/item" for i in range(apps)]
+            else:
+                registry = write_apis(work / "registry", [spec.api], upstream, pki)
+                paths = [route_path(spec.api)]
             port = free_port()
             out = work / "callgrind.out"
             argv = [
@@ -85,6 +105,7 @@ def measure(
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}",
                 "--dump-instr=no",
+                *(["--cache-sim=yes"] if cache else []),
                 str(ROOT / ".venv" / "bin" / "python"),
                 "-m",
                 "appgateway",
@@ -102,22 +123,27 @@ def measure(
             ]
             gateway = start("gateway", argv, work, gateway_env(pki))
             try:
-                path = route_path(spec.api)
-                wait_http_ok(gateway, port, path, timeout=120)
-                asyncio.run(_load(port, path, warmup, connections))
+                wait_http_ok(gateway, port, paths[0], timeout=900)
+                try:
+                    asyncio.run(_load(port, paths, max(warmup, len(paths)), connections))
+                except OSError:
+                    print(gateway.log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                    raise
                 subprocess.run(
                     ["callgrind_control", "-z", str(gateway.pid)],
                     check=True,
                     stdout=subprocess.DEVNULL,
                 )
-                failures = asyncio.run(_load(port, path, requests, connections))
+                failures = asyncio.run(_load(port, paths, requests, connections))
                 subprocess.run(
                     ["callgrind_control", "-d", str(gateway.pid)],
                     check=True,
                     stdout=subprocess.DEVNULL,
                 )
                 dumps = sorted(work.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-                total = _total(dumps[-1])
+                totals = _totals(dumps[-1])
+                if save is not None:
+                    shutil.copyfile(dumps[-1], save)
                 if top:
                     annotated = subprocess.run(
                         ["callgrind_annotate", "--threshold=100", "--auto=no", str(dumps[-1])],
@@ -135,7 +161,8 @@ def measure(
         "requests": requests,
         "connections": connections,
         "not_200": failures,
-        "instructions_per_request": total // requests,
+        "apps": apps,
+        **{f"{event}_per_request": count / requests for event, count in totals.items()},
     }
 
 
@@ -149,13 +176,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--top", type=int, default=0, help="also print the N costliest functions (self cost)"
     )
+    parser.add_argument(
+        "--save", type=Path, help="copy callgrind's dump here (for callgrind_annotate --inclusive)"
+    )
+    parser.add_argument(
+        "--apps",
+        type=int,
+        default=0,
+        help="instead of the scenario: registry_scale.py's registry of N Applications, the load"
+        " cycling over the Basic route of each",
+    )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="simulate the caches too (--cache-sim=yes): D1/LL misses per request",
+    )
     args = parser.parse_args(argv)
-    result = measure(args.scenario, args.requests, args.connections, args.warmup, args.top)
+    result = measure(
+        args.scenario,
+        args.requests,
+        args.connections,
+        args.warmup,
+        args.top,
+        args.save,
+        args.apps,
+        args.cache,
+    )
     if args.json:
         print(json.dumps(result))
     else:
+        what = f"{args.apps} apps" if args.apps else result["scenario"]
+        per = {k: v for k, v in result.items() if isinstance(v, float)}
+        misses = (
+            f", D1 misses {per['D1mr_per_request'] + per['D1mw_per_request']:.0f},"
+            f" LL misses {per['DLmr_per_request'] + per['DLmw_per_request']:.0f}"
+            if args.cache
+            else ""
+        )
         print(
-            f"{result['scenario']}: {result['instructions_per_request']} instructions per request"
+            f"{what}: {per['Ir_per_request']:.0f} instructions per request{misses}"
             f" ({result['requests']} requests, {result['not_200']} not 200)"
         )
     return 1 if result["not_200"] else 0
