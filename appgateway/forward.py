@@ -56,7 +56,7 @@ from appgateway.upstream import (
     UpstreamResponse,
     pool_key,
 )
-from appgateway.urls import merge_query, wire_path
+from appgateway.urls import canonical_target, merge_query, wire_path
 
 log: Final = logging.getLogger("appgateway.forward")
 
@@ -75,6 +75,7 @@ class Resolved:
     pool: Pool
     host_header: tuple[bytes, bytes]
     upstream_hist: Histogram
+    canonical_path: str  # urls.canonical_target of the target's path
     # Per kind of route (`_kind`): proxy listener by host, by path, Compass listener. Lists
     # indexed by a small int, not dicts keyed by (listener, mode): no tuple to build and hash.
     series: list[RequestSeries | None] = field(default_factory=lambda: [None, None, None])
@@ -180,7 +181,8 @@ class Forwarder:
             pool = self._upstream.pool(target, verify, fingerprint, ctx)
             host = (b"Host", target.authority.encode())
             upstream_hist = self._metrics.upstream_series(api.ref.app, api.ref.service)
-            resolved = Resolved(api, strategy, pool, host, upstream_hist)
+            canonical = canonical_target(target.path)
+            resolved = Resolved(api, strategy, pool, host, upstream_hist, canonical)
             self._resolved[id(api)] = resolved
         return resolved
 
@@ -277,7 +279,7 @@ class Forwarder:
         first = list(headers)
         add_parameter_headers(headers, api.params.headers)
         headers.append(resolved.host_header)
-        path = wire_path(target.path, route.rest, api.encode_url)
+        path = wire_path(target.path, route.rest, api.encode_url, resolved.canonical_path)
         q = merge_query(target.query, query, api.params.query)
         path_qs = path + "?" + q if q else path
         request = OutboundRequest(

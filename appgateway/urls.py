@@ -87,22 +87,25 @@ def join(a: bytes, b: bytes | None) -> bytes:
 _NEEDS_NO_ESCAPE: Final = re.compile(r"[A-Za-z0-9\-._~$&+,/:;=@]+")
 
 
-@lru_cache(maxsize=4096)
-def _canonical_target(target_path: str) -> str:
+def canonical_target(target_path: str) -> str:
+    """The canonical escaping of a `targetUrl` path: what `wire_path` starts from."""
     return canon(decode(target_path.encode("utf-8")))
 
 
-def wire_path(target_path: str, rest: str | None, encode_url: bool) -> str:
+def wire_path(
+    target_path: str, rest: str | None, encode_url: bool, canonical: str | None = None
+) -> str:
     """The path sent upstream (behaviour.md §3.2).
 
     `rest` is the pre-normalised (ASCII) rest from routing, or None when the caller sent none.
     The caller's own escaping is kept only when it means the same bytes as the canonical form.
+    `canonical` is `canonical_target(target_path)` when the caller keeps it per API.
     """
     if rest and _NEEDS_NO_ESCAPE.fullmatch(rest):
         # Common case: a rest that needs no escaping decodes to itself and is canonical in
         # both modes, so the result is the canonical target joined with it.
         # join() on text: exactly one `/` between them.
-        base = _canonical_target(target_path)
+        base = canonical_target(target_path) if canonical is None else canonical
         if base.endswith("/"):
             return base + rest[1:] if rest[0] == "/" else base + rest
         return base + rest if rest[0] == "/" else base + "/" + rest

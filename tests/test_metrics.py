@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import bisect
+import math
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appgateway.metrics import Metrics, code_class, merge_texts
+from appgateway.metrics import BUCKETS, Histogram, Metrics, code_class, merge_texts
 
 NAMES = [
     "appgateway_requests_total",
@@ -207,3 +210,26 @@ def test_request_labels_are_bounded() -> None:
 )
 def test_code_class(code: int, expected: str) -> None:
     assert code_class(code) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "slot"),
+    [
+        (0.0, 0),
+        (0.005, 0),  # a bound belongs to its own bucket (le)
+        (0.0050001, 1),
+        (0.3, 6),
+        (60.0, len(BUCKETS) - 1),
+        (60.5, len(BUCKETS)),  # +Inf
+        (math.inf, len(BUCKETS)),
+        (math.nan, len(BUCKETS)),  # as Go's client does (bisect_left would say 0)
+        (-1.0, 0),
+    ],
+)
+def test_histogram_bucket_is_the_first_bound_not_below(value: float, slot: int) -> None:
+    hist = Histogram()
+    hist.observe(value)
+    assert hist.counts.index(1) == slot
+    if not math.isnan(value):
+        assert slot == bisect.bisect_left(BUCKETS, value)
+    assert sum(hist.counts) == 1
