@@ -19,6 +19,7 @@ import httptools
 
 from appgateway import http1
 from appgateway.errors import BadRequest, GatewayError
+from appgateway.headers import lower_name
 from appgateway.model import Headers
 from appgateway.upstream import as_protocol, timeout_waiter
 
@@ -407,7 +408,7 @@ class ClientConnection:
         exchange.http11 = version == "1.1"
         exchange.keep_alive = bool(parser.should_keep_alive()) and not self._eof
         for name, value in self._headers:
-            lower = name.lower()
+            lower = lower_name(name)
             if lower == b"content-length":
                 exchange.content_length = int(value)
             elif lower == b"transfer-encoding":

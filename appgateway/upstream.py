@@ -20,6 +20,7 @@ import httptools
 
 from appgateway import http1
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from appgateway.headers import lower_name
 from appgateway.model import Headers, Target
 from appgateway.proxy import ProxyConfig
 
@@ -314,7 +315,7 @@ class UpstreamConnection:
         length: int | None = None
         chunked = False
         for name, value in self.headers:
-            lower = name.lower()
+            lower = lower_name(name)
             if lower == b"content-length":
                 length = int(value)
             elif lower == b"transfer-encoding":

@@ -9,6 +9,7 @@ from appgateway.headers import (
     get_header,
     has_header,
     is_ignored_parameter_header,
+    lower_name,
     outbound_headers,
     response_headers,
     set_header,
@@ -313,3 +314,10 @@ def test_caller_fields_is_outbound_headers_plus_host_and_request_id(
     caller: Headers, host: bytes | None, request_id: bytes | None
 ) -> None:
     assert caller_fields(caller) == (outbound_headers(caller), host, request_id)
+
+
+def test_lower_name_beyond_what_it_remembers() -> None:
+    # More distinct names than the memo keeps: every answer is still bytes.lower().
+    names = [b"X-Made-Up-%d" % i for i in range(3000)] + [b"Content-TYPE", b"\xc4-Non-ASCII"]
+    for _ in range(2):
+        assert [lower_name(n) for n in names] == [n.lower() for n in names]
