@@ -56,7 +56,7 @@ from appgateway.upstream import (
     UpstreamResponse,
     pool_key,
 )
-from appgateway.urls import canonical_target, merge_query, wire_path
+from appgateway.urls import canonical_target, encoded_params, merge_query, wire_path
 
 log: Final = logging.getLogger("appgateway.forward")
 
@@ -76,6 +76,7 @@ class Resolved:
     host_header: tuple[bytes, bytes]
     upstream_hist: Histogram
     canonical_path: str  # urls.canonical_target of the target's path
+    query_params: tuple[tuple[str, str], ...]  # urls.encoded_params of the API's parameters
     # Per kind of route (`_kind`): proxy listener by host, by path, Compass listener. Lists
     # indexed by a small int, not dicts keyed by (listener, mode): no tuple to build and hash.
     series: list[RequestSeries | None] = field(default_factory=lambda: [None, None, None])
@@ -182,7 +183,8 @@ class Forwarder:
             host = (b"Host", target.authority.encode())
             upstream_hist = self._metrics.upstream_series(api.ref.app, api.ref.service)
             canonical = canonical_target(target.path)
-            resolved = Resolved(api, strategy, pool, host, upstream_hist, canonical)
+            params = encoded_params(api.params.query)
+            resolved = Resolved(api, strategy, pool, host, upstream_hist, canonical, params)
             self._resolved[id(api)] = resolved
         return resolved
 
@@ -280,7 +282,7 @@ class Forwarder:
         add_parameter_headers(headers, api.params.headers)
         headers.append(resolved.host_header)
         path = wire_path(target.path, route.rest, api.encode_url, resolved.canonical_path)
-        q = merge_query(target.query, query, api.params.query)
+        q = merge_query(target.query, query, api.params.query, resolved.query_params)
         path_qs = path + "?" + q if q else path
         request = OutboundRequest(
             ex.method, target, path_qs.encode("latin-1"), headers, body, stream

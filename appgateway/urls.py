@@ -125,11 +125,17 @@ def form_encode(s: str) -> str:
     return quote_plus(s, safe="")
 
 
-def merge_query(target_query: str, caller_query: str, params: ParamMap) -> str:
+def merge_query(
+    target_query: str,
+    caller_query: str,
+    params: ParamMap,
+    encoded: tuple[tuple[str, str], ...] | None = None,
+) -> str:
     """The raw query sent upstream, without `?` (behaviour.md §3.3).
 
     Both raw queries are kept verbatim; request parameters are only appended, never used to
-    re-encode what the caller sent (signed URLs, OData filters).
+    re-encode what the caller sent (signed URLs, OData filters). `encoded` is
+    `encoded_params(params)` when the caller keeps it per API.
     """
     if target_query and caller_query:
         q = target_query + "&" + caller_query
@@ -137,15 +143,15 @@ def merge_query(target_query: str, caller_query: str, params: ParamMap) -> str:
         q = target_query or caller_query
     if not params:
         return q
-    encoded = _encoded_params(params)
+    if encoded is None:
+        encoded = encoded_params(params)
     if not q:
         return "&".join(pairs for _, pairs in encoded if pairs)
     present = {unquote_plus(pair.partition("=")[0]) for pair in q.split("&")}
     return "&".join([q, *(pairs for key, pairs in encoded if pairs and key not in present)])
 
 
-@lru_cache(maxsize=4096)
-def _encoded_params(params: ParamMap) -> tuple[tuple[str, str], ...]:
+def encoded_params(params: ParamMap) -> tuple[tuple[str, str], ...]:
     """Per parameter name, in name order: its `k=v&k=v2` text (the same on every request)."""
     out: list[tuple[str, str]] = []
     for key, values in sorted(params, key=lambda item: item[0]):
