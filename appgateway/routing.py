@@ -85,19 +85,32 @@ def _unwrap(result: API | GatewayError) -> API:
     return result
 
 
-def _route_path(lookup: Lookup, path: str, n: int) -> Route:
+def path_address(path: str, n: int) -> tuple[str, str | None]:
+    """The identifier part of a pre-normalised path and the rest after it.
+
+    The identifier part is `app/service` (n=2, proxy listener) or `app/service/entry` (n=3,
+    Compass), segments as received; it names one API per snapshot, so a caller may remember
+    the API by it. The rewrite base is `/` + the identifier part.
+    """
     parts = path.lstrip("/").split("/", n)
     if len(parts) < n or not parts[0] or not parts[1] or (n == 3 and not parts[2]):
         raise BadRequest(IDENTIFIER_MESSAGE)
-    app, service = parts[0], parts[1]
+    rest = parts[n] if len(parts) > n else None
     if n == 2:
-        api = _unwrap(lookup.by_path(app, service, None))
-        base = f"/{app}/{service}"
-    else:
-        entry = parts[2]
-        api = _unwrap(lookup.by_path(app, service, entry))
-        base = f"/{app}/{service}/{entry}"
-    return Route(api, parts[n] if len(parts) > n else None, "path", base)
+        return f"{parts[0]}/{parts[1]}", rest
+    return f"{parts[0]}/{parts[1]}/{parts[2]}", rest
+
+
+def lookup_address(lookup: Lookup, address: str) -> API:
+    """The API an identifier part from `path_address` names; raises the caller's error."""
+    ids = address.split("/")
+    entry = ids[2] if len(ids) == 3 else None
+    return _unwrap(lookup.by_path(ids[0], ids[1], entry))
+
+
+def _route_path(lookup: Lookup, path: str, n: int) -> Route:
+    address, rest = path_address(path, n)
+    return Route(lookup_address(lookup, address), rest, "path", "/" + address)
 
 
 def host_lookup(lookup: Lookup, host: str | None) -> API | GatewayError | None:

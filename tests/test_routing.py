@@ -7,10 +7,12 @@ import pytest
 from appgateway.errors import BadRequest, ConfigError, GatewayError, NotFound
 from appgateway.model import API, APIRef, NoAuth, RequestParameters
 from appgateway.routing import (
+    IDENTIFIER_MESSAGE,
     Lookup,
     Route,
     host_label_of,
     host_lookup,
+    path_address,
     route_compass,
     route_proxy,
     route_proxy_after,
@@ -288,3 +290,29 @@ def test_absolute_form_routes_by_authority() -> None:
     host, origin = split_absolute_form("http://erp-77aa01.kyma-system/customers/42?top=1")
     route = route_proxy(lookup(), host, origin.partition("?")[0])
     assert route == Route(api=HOSTED, rest="/customers/42", mode="host", base="")
+
+
+@pytest.mark.parametrize(
+    ("path", "n", "address", "rest"),
+    [
+        ("/app/svc", 2, "app/svc", None),
+        ("/app/svc/", 2, "app/svc", ""),
+        ("/app/svc/a/b?", 2, "app/svc", "a/b?"),
+        ("//app/svc/x", 2, "app/svc", "x"),  # leading slashes are not segments
+        ("/app/svc%2Fx/y", 2, "app/svc%2Fx", "y"),  # escapes stay as received
+        ("/app/svc/entry", 3, "app/svc/entry", None),
+        ("/app/svc/entry/x/y", 3, "app/svc/entry", "x/y"),
+    ],
+)
+def test_path_address(path: str, n: int, address: str, rest: str | None) -> None:
+    assert path_address(path, n) == (address, rest)
+
+
+@pytest.mark.parametrize(
+    ("path", "n"),
+    [("/", 2), ("/app", 2), ("/app/", 2), ("/app//x", 2), ("/app/svc", 3), ("/a/b//c", 3)],
+)
+def test_path_address_needs_every_identifier(path: str, n: int) -> None:
+    with pytest.raises(BadRequest) as info:
+        path_address(path, n)
+    assert info.value.message == IDENTIFIER_MESSAGE
