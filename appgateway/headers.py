@@ -196,7 +196,7 @@ def add_parameter_headers(headers: Headers, params: ParamMap) -> None:
     """
     if not params:
         return
-    present = {n.lower() for n, _ in headers}
+    present = {lower_name(n) for n, _ in headers}
     added: Headers = []
     for low, fields in _parameter_fields(params):
         if low not in present and fields:

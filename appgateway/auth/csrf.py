@@ -15,7 +15,7 @@ from appgateway.auth import flows
 from appgateway.auth.deps import AuthDeps
 from appgateway.auth.oauth import BearerToken, OAuthStrategy
 from appgateway.errors import TokenError, UpstreamTimeout, UpstreamUnavailable
-from appgateway.headers import put_header, set_header
+from appgateway.headers import lower_name, put_header, set_header
 from appgateway.model import ClientCert, Headers
 from appgateway.urls import redact
 
@@ -109,7 +109,7 @@ class CsrfStrategy:
         if cookie:
             set_header(headers, COOKIE, cookie)
         else:
-            headers[:] = [(n, v) for n, v in headers if n.lower() != b"cookie"]
+            headers[:] = [(n, v) for n, v in headers if lower_name(n) != b"cookie"]
         return last
 
     async def invalidate(self, applied: object | None) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from appgateway.headers import add_parameter_headers, get_header
+from appgateway.headers import add_parameter_headers, get_header, lower_name
 from appgateway.model import ClientCert, Headers, OAuth, OAuthMTLS, ParamMap, Target
 from appgateway.urls import TargetURLError, form_encode, merge_query, parse_target, redact
 
@@ -192,7 +192,7 @@ def parse_csrf_response(url: str, status: int, headers: Headers) -> CsrfToken:
     token = get_header(headers, b"x-csrf-token") or b""
     cookies: list[bytes] = []
     for name, value in headers:
-        if name.lower() != b"set-cookie":
+        if lower_name(name) != b"set-cookie":
             continue
         pair = value.split(b";", 1)[0].strip()
         if b"=" in pair and pair.split(b"=", 1)[0].strip():
@@ -215,7 +215,7 @@ def merge_cookies(fetched: Sequence[bytes], caller: Headers) -> bytes:
         merged[_cookie_name(pair)] = pair
     parts = list(merged.values())
     for name, value in caller:
-        if name.lower() != b"cookie":
+        if lower_name(name) != b"cookie":
             continue
         for piece in value.split(b";"):
             piece = piece.strip()
