@@ -26,13 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from paced import Latency
-from run import check_tools, free_port, pinned, start, stop, wait_http_ok
+from run import add_json_arg, check_tools, free_port, pinned, start, stop, wait_http_ok
 from scenarios import (
     APP,
     GATEWAY_CMD_ADMIN,
     ApiSpec,
     Upstream,
-    add_json_arg,
     gateway_argv,
     gateway_env,
     start_upstream,

@@ -33,9 +33,11 @@ from pathlib import Path
 
 from run import (
     CLK_TCK,
-    DEFAULT_GATEWAY_CMD,
     Proc,
+    add_json_arg,
+    add_proxy_args,
     busy_percent,
+    check_cores,
     check_tools,
     core_busy,
     cpu_seconds,
@@ -48,9 +50,6 @@ from scenarios import (
     Pki,
     Scenario,
     Upstream,
-    add_core_args,
-    add_json_arg,
-    check_cores,
     launch,
     make_pki,
     post_script,
@@ -741,13 +740,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per round")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per round")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
-    parser.add_argument("--only", choices=("both", "gateway", "go"), default="both")
-    parser.add_argument(
-        "--gateway-cmd",
-        default=DEFAULT_GATEWAY_CMD,
-        help="gateway command line; {registry}, {port} and {target} are filled in",
-    )
-    add_core_args(parser)
+    add_proxy_args(parser)
     add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:

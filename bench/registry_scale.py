@@ -37,6 +37,7 @@ from pathlib import Path
 from run import (
     CLK_TCK,
     Proc,
+    add_json_arg,
     check_tools,
     cpu_seconds,
     foreign_ticks,
@@ -50,7 +51,6 @@ from scenarios import (
     SECRETS_NAMESPACE,
     ApiSpec,
     Upstream,
-    add_json_arg,
     application_yaml,
     gateway_argv,
     gateway_env,

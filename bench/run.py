@@ -566,12 +566,8 @@ def json_target(value: str, prefix: str = "run") -> Path:
     return path if path.parent != Path(".") else RESULTS / path
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument("--duration", type=int, default=10, help="whole seconds per round")
-    parser.add_argument("--warmup", type=int, default=3, help="whole seconds of warm-up per round")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+def add_proxy_args(parser: argparse.ArgumentParser) -> None:
+    """Which proxies run, the gateway's command line and the cores: the comparing scripts'."""
     parser.add_argument("--only", choices=("both", "gateway", "go"), default="both")
     parser.add_argument(
         "--gateway-cmd",
@@ -579,7 +575,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="gateway command line; {registry}, {port} and {target} are filled in",
     )
     parser.add_argument("--proxy-core", type=int, default=0, help="core of the proxy under test")
-    parser.add_argument("--load-core", type=int, default=1, help="core of wrk and the upstream")
+    parser.add_argument(
+        "--load-core", type=int, default=1, help="core of the load generator and the upstream"
+    )
+
+
+def check_cores(parser: argparse.ArgumentParser, *cores: int) -> None:
+    allowed = os.sched_getaffinity(0)
+    for core in cores:
+        if core not in allowed:
+            parser.error(f"core {core} is not available (have {sorted(allowed)})")
+    if len(set(cores)) != len(cores):
+        parser.error("--proxy-core and --load-core must differ")
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         nargs="?",
@@ -588,15 +598,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         metavar="FILE",
         help="also write the results as JSON (a bare name goes to bench/results/)",
     )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per round")
+    parser.add_argument("--warmup", type=int, default=3, help="whole seconds of warm-up per round")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    add_proxy_args(parser)
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.warmup < 0:
         parser.error("--rounds, --duration and --connections must be positive")
-    allowed = os.sched_getaffinity(0)
-    for core in (args.proxy_core, args.load_core):
-        if core not in allowed:
-            parser.error(f"core {core} is not available (have {sorted(allowed)})")
-    if args.proxy_core == args.load_core:
-        parser.error("--proxy-core and --load-core must differ")
+    check_cores(parser, args.proxy_core, args.load_core)
     return Options(
         rounds=args.rounds,
         duration=args.duration,

@@ -35,6 +35,7 @@ from pathlib import Path
 from paced import RESULT_HEADER, PacedResult, format_result, paced_run, scenario_mix
 from run import (
     CLK_TCK,
+    add_json_arg,
     check_tools,
     cpu_seconds,
     foreign_ticks,
@@ -47,7 +48,6 @@ from scenarios import (
     Pki,
     Scenario,
     Upstream,
-    add_json_arg,
     launch,
     make_pki,
     route_path,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -37,6 +36,9 @@ from run import (
     Round,
     Summary,
     WrkResult,
+    add_json_arg,
+    add_proxy_args,
+    check_cores,
     check_tools,
     clean_env,
     format_round,
@@ -638,33 +640,6 @@ def parse_scenarios(value: str) -> list[Scenario]:
     return out
 
 
-def add_core_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--proxy-core", type=int, default=0, help="core of the proxy under test")
-    parser.add_argument(
-        "--load-core", type=int, default=1, help="core of the load generator and the upstream"
-    )
-
-
-def check_cores(parser: argparse.ArgumentParser, *cores: int) -> None:
-    allowed = os.sched_getaffinity(0)
-    for core in cores:
-        if core not in allowed:
-            parser.error(f"core {core} is not available (have {sorted(allowed)})")
-    if len(set(cores)) != len(cores):
-        parser.error("--proxy-core and --load-core must differ")
-
-
-def add_json_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="also write the results as JSON (a bare name goes to bench/results/)",
-    )
-
-
 def write_json(value: str | None, prefix: str, data: object) -> None:
     if value is None:
         return
@@ -686,13 +661,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str | None]:
     parser.add_argument("--duration", type=int, default=10, help="whole seconds per round")
     parser.add_argument("--warmup", type=int, default=3, help="whole seconds of warm-up per round")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
-    parser.add_argument("--only", choices=("both", "gateway", "go"), default="both")
-    parser.add_argument(
-        "--gateway-cmd",
-        default=DEFAULT_GATEWAY_CMD,
-        help="gateway command line; {registry}, {port} and {target} are filled in",
-    )
-    add_core_args(parser)
+    add_proxy_args(parser)
     add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.warmup < 0:

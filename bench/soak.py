@@ -37,6 +37,7 @@ from pathlib import Path
 from paced import Latency, PacedGenerator, Request, build_request, interleave
 from run import (
     CLK_TCK,
+    add_json_arg,
     check_tools,
     cpu_seconds,
     foreign_ticks,
@@ -50,7 +51,6 @@ from scenarios import (
     APP,
     GATEWAY_CMD_ADMIN,
     ApiSpec,
-    add_json_arg,
     gateway_argv,
     gateway_env,
     make_pki,

@@ -29,6 +29,7 @@ from pathlib import Path
 from run import (
     DEFAULT_GATEWAY_CMD,
     Proc,
+    add_json_arg,
     clean_env,
     free_port,
     json_target,
@@ -398,14 +399,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--gateway-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="also write the results as JSON (a bare name goes to bench/results/)",
-    )
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.size_mb <= 0 or args.rate < 0:
         parser.error("--size-mb must be positive and --rate not negative")
