@@ -16,6 +16,11 @@ both cores), with the load side always pinned to --load-core:
    cannot keep up (unsent requests, latencies grow with the backlog), two should. The load side
    uses CPU on the same cores, so this is the test that is fair to the machine as it is.
 
+The wrk phase also runs the Go reference placed the same way (`go1`: GOMAXPROCS=1 pinned to
+--proxy-core; `go2`: GOMAXPROCS=2 on both cores; `--no-go` skips them): whatever its efficiency
+loses is the machine's (the shared core, fewer events per wake-up), which tells how much of the
+gateway's loss is its own.
+
 Projected capacity on N free cores: N x (w2 req per CPU-second) for the gateway alone.
 """
 
@@ -102,13 +107,18 @@ class ScalingReport:
 
 
 CONFIGS = ("w1", "w2")
+# The Go reference placed the same way: GOMAXPROCS=1 pinned to the proxy core, GOMAXPROCS=2 on
+# both. What its efficiency loses on this machine is the machine's (the shared core, less
+# batching per wake-up), not the gateway's.
+GO_CONFIGS = ("go1", "go2")
 
 
-def config_cores(config: str, args: argparse.Namespace) -> tuple[int, str]:
-    """(workers, taskset core list) of a configuration."""
-    if config == "w1":
-        return 1, str(args.proxy_core)
-    return 2, f"{args.proxy_core},{args.load_core}"
+def config_cores(config: str, args: argparse.Namespace) -> tuple[str, int, str]:
+    """(proxy, workers or GOMAXPROCS, taskset core list) of a configuration."""
+    proxy = "go" if config.startswith("go") else "gateway"
+    if config.endswith("1"):
+        return proxy, 1, str(args.proxy_core)
+    return proxy, 2, f"{args.proxy_core},{args.load_core}"
 
 
 def wrk_round(
@@ -120,9 +130,17 @@ def wrk_round(
     up: Upstream,
     pki: Pki,
 ) -> WrkRound:
-    workers, cores = config_cores(config, args)
+    proxy, workers, cores = config_cores(config, args)
     proc, port = launch(
-        "gateway", sc.api, work, up, pki, core=cores, gateway_cmd=args.gateway_cmd, workers=workers
+        proxy,
+        sc.api,
+        work,
+        up,
+        pki,
+        core=cores,
+        gateway_cmd=args.gateway_cmd,
+        workers=workers,
+        go_procs=workers,
     )
     try:
         url = f"http://127.0.0.1:{port}{route_path(sc.api)}"
@@ -143,7 +161,11 @@ def wrk_round(
     workers_cpu = sorted(
         (v for pid, v in used.items() if pid != proc.pid or len(used) == 1), reverse=True
     )
-    shares = [round(100.0 * v / cpu, 1) for v in workers_cpu[:workers]] if cpu > 0 else []
+    shares = (
+        [round(100.0 * v / cpu, 1) for v in workers_cpu[:workers]]
+        if cpu > 0 and proxy == "gateway"
+        else []
+    )
     return WrkRound(
         round=index,
         config=config,
@@ -167,7 +189,7 @@ async def paced_round(
     pki: Pki,
     rate: float,
 ) -> PacedRound:
-    workers, cores = config_cores(config, args)
+    _, workers, cores = config_cores(config, args)
     proc, port = await asyncio.to_thread(
         launch,
         "gateway",
@@ -214,6 +236,7 @@ async def benchmark(args: argparse.Namespace) -> ScalingReport:
             "load_core": args.load_core,
             "gateway_cmd": args.gateway_cmd,
             "phases": args.phases,
+            "go": args.go,
         },
     )
     with tempfile.TemporaryDirectory(prefix="appgateway-scaling-") as tmp:
@@ -226,8 +249,9 @@ async def benchmark(args: argparse.Namespace) -> ScalingReport:
                     f"{'round':>5} {'config':<6} {'req/s':>9} {'p99 ms':>8} {'cpu s':>7} "
                     f"{'req/cpu-s':>10} {'worker CPU %':<14} {'errors':>7} {'other s':>8}"
                 )
+                wrk_configs = CONFIGS + (GO_CONFIGS if args.go else ())
                 for index in range(1, args.rounds + 1):
-                    order = CONFIGS if index % 2 else tuple(reversed(CONFIGS))
+                    order = wrk_configs if index % 2 else tuple(reversed(wrk_configs))
                     for config in order:
                         w = await asyncio.to_thread(
                             wrk_round, config, index, sc, args, work, up, pki
@@ -271,7 +295,7 @@ async def benchmark(args: argparse.Namespace) -> ScalingReport:
 
 def summarize(report: ScalingReport) -> dict[str, float]:
     out: dict[str, float] = {}
-    for config in CONFIGS:
+    for config in CONFIGS + GO_CONFIGS:
         mine = [w for w in report.wrk if w.config == config]
         if mine:
             out[f"{config}_rps"] = statistics.median(w.rps for w in mine)
@@ -284,6 +308,9 @@ def summarize(report: ScalingReport) -> dict[str, float]:
     if "w1_rps" in out and "w2_rps" in out:
         out["wall_ratio_w2_w1"] = round(out["w2_rps"] / out["w1_rps"], 3)
         out["efficiency_w2_w1"] = round(out["w2_req_per_cpu_s"] / out["w1_req_per_cpu_s"], 3)
+    if "go1_rps" in out and "go2_rps" in out:
+        out["go_wall_ratio"] = round(out["go2_rps"] / out["go1_rps"], 3)
+        out["go_efficiency"] = round(out["go2_req_per_cpu_s"] / out["go1_req_per_cpu_s"], 3)
     return out
 
 
@@ -300,6 +327,13 @@ def print_summary(report: ScalingReport) -> None:
             f"efficiency w2/w1 {s['efficiency_w2_w1']:.2f} "
             f"(projected: {2 * s['w2_req_per_cpu_s']:.0f} req/s on 2 free cores)"
         )
+        if "go_efficiency" in s:
+            print(
+                f"Go reference placed the same way: GOMAXPROCS=1 {s['go1_rps']:.0f} req/s, "
+                f"GOMAXPROCS=2 {s['go2_rps']:.0f} req/s (wall-clock {s['go_wall_ratio']:.2f}); "
+                f"req per CPU-second {s['go1_req_per_cpu_s']:.0f} and "
+                f"{s['go2_req_per_cpu_s']:.0f}, efficiency {s['go_efficiency']:.2f}"
+            )
         shares = [w.worker_share for w in report.wrk if w.config == "w2"]
         if shares:
             print(f"w2 worker CPU split per round: {shares}")
@@ -338,6 +372,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gateway-cmd",
         default=GATEWAY_CMD_ADMIN.replace("{admin}", "0"),
         help="gateway command line; {registry}, {port}, {target} and {workers} are filled in",
+    )
+    parser.add_argument(
+        "--no-go",
+        dest="go",
+        action="store_false",
+        help="skip the Go reference's GOMAXPROCS=1 and 2 in the wrk phase",
     )
     parser.add_argument("--proxy-core", type=int, default=0, help="w1's core")
     parser.add_argument("--load-core", type=int, default=1, help="the load side's core")
