@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from run import (
     CLK_TCK,
     Proc,
     add_json_arg,
+    check_cores,
     check_tools,
     cpu_seconds,
     foreign_ticks,
@@ -133,18 +133,35 @@ def time_routing(
     return path_ns, host_ns
 
 
-def in_process(folder: Path, apps: int, calls: int) -> InProcess:
-    began = time.perf_counter()
-    snapshot = load_snapshot(
-        folder, secrets_namespace=SECRETS_NAMESPACE, load_cert=tls.load_client_cert
-    )
-    load_s = time.perf_counter() - began
-    if snapshot.error_count:
-        raise RuntimeError(f"registry errors: {snapshot.issues[:3]}")
-    path_ns, host_ns = time_routing(snapshot, route_paths(apps), route_hosts(apps), calls)
-    return InProcess(
-        apps, round(load_s, 3), snapshot.api_count, round(path_ns, 1), round(host_ns, 1)
-    )
+def in_process(folders: dict[int, Path], calls: int, repeats: int) -> list[InProcess]:
+    """Loads each folder once, then times routing in `repeats` alternating rounds (medians):
+    one timing of a few hundred milliseconds moves by a third on a shared machine."""
+    loaded: dict[int, tuple[Snapshot, float]] = {}
+    for apps, folder in folders.items():
+        began = time.perf_counter()
+        snapshot = load_snapshot(
+            folder, secrets_namespace=SECRETS_NAMESPACE, load_cert=tls.load_client_cert
+        )
+        loaded[apps] = snapshot, time.perf_counter() - began
+        if snapshot.error_count:
+            raise RuntimeError(f"registry errors: {snapshot.issues[:3]}")
+    routes = {apps: (route_paths(apps), route_hosts(apps)) for apps in folders}
+    timings: dict[int, list[tuple[float, float]]] = {apps: [] for apps in folders}
+    sizes = list(folders)
+    for index in range(repeats):
+        for apps in sizes if index % 2 == 0 else reversed(sizes):
+            paths, hosts = routes[apps]
+            timings[apps].append(time_routing(loaded[apps][0], paths, hosts, calls))
+    return [
+        InProcess(
+            apps,
+            round(load_s, 3),
+            snapshot.api_count,
+            round(statistics.median(path for path, _ in timings[apps]), 1),
+            round(statistics.median(host for _, host in timings[apps]), 1),
+        )
+        for apps, (snapshot, load_s) in loaded.items()
+    ]
 
 
 @dataclass
@@ -335,6 +352,8 @@ def benchmark(args: argparse.Namespace) -> ScaleReport:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "edits": args.edits,
+            "route_calls": args.route_calls,
+            "route_repeats": args.route_repeats,
             "proxy_core": args.proxy_core,
             "load_core": args.load_core,
             "gateway_cmd": args.gateway_cmd,
@@ -351,8 +370,7 @@ def benchmark(args: argparse.Namespace) -> ScaleReport:
                 folders[apps] = write_registry(work / f"registry-{apps}", apps, up)
                 print(f"wrote {apps} files in {time.monotonic() - began:.1f} s")
             print(f"\n{'apps':>6} {'load s':>8} {'APIs':>7} {'path ns':>9} {'host ns':>9}")
-            for apps in sizes:
-                r = in_process(folders[apps], apps, args.route_calls)
+            for r in in_process(folders, args.route_calls, args.route_repeats):
                 report.in_process.append(r)
                 print(
                     f"{r.apps:>6} {r.load_s:>8.3f} {r.apis:>7} {r.path_ns:>9.0f} {r.host_ns:>9.0f}"
@@ -429,7 +447,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--apps", type=int, default=10_000, help="Applications, large registry")
     parser.add_argument("--small", type=int, default=10, help="Applications, small registry")
-    parser.add_argument("--route-calls", type=int, default=300_000, help="route_proxy calls")
+    parser.add_argument(
+        "--route-calls", type=int, default=300_000, help="route_proxy calls per timing"
+    )
+    parser.add_argument(
+        "--route-repeats", type=int, default=7, help="alternating timings per registry (median)"
+    )
     parser.add_argument("--edits", type=int, default=3, help="single-file changes (0: none)")
     parser.add_argument("--skip-gateway", action="store_true", help="in-process parts only")
     parser.add_argument("--rounds", type=int, default=3, help="alternating gateway rounds")
@@ -445,11 +468,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-core", type=int, default=1)
     add_json_arg(parser)
     args = parser.parse_args(argv)
-    if args.apps < 1 or args.small < 1 or args.rounds < 1 or args.duration <= 0:
-        parser.error("--apps, --small, --rounds and --duration must be positive")
-    allowed = os.sched_getaffinity(0)
-    if {args.proxy_core, args.load_core} - allowed or args.proxy_core == args.load_core:
-        parser.error(f"need two different available cores (have {sorted(allowed)})")
+    if min(args.apps, args.small, args.rounds, args.duration, args.route_calls) < 1:
+        parser.error("--apps, --small, --rounds, --duration and --route-calls must be positive")
+    if args.route_repeats < 1:
+        parser.error("--route-repeats must be positive")
+    check_cores(parser, args.proxy_core, args.load_core)
     return args
 
 

@@ -41,6 +41,7 @@ from paced import RESULT_HEADER, PacedResult, format_result, paced_run, scenario
 from run import (
     CLK_TCK,
     add_json_arg,
+    check_cores,
     check_tools,
     cpu_seconds,
     foreign_ticks,
@@ -385,9 +386,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:
         parser.error("--rounds, --duration and --connections must be positive")
-    allowed = os.sched_getaffinity(0)
-    if {args.proxy_core, args.load_core} - allowed or args.proxy_core == args.load_core:
-        parser.error(f"need two different available cores (have {sorted(allowed)})")
+    check_cores(parser, args.proxy_core, args.load_core)
     return args
 
 
