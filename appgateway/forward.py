@@ -520,7 +520,7 @@ class Forwarder:
                 app, service, entry = ref_holder.app, ref_holder.service, ref_holder.entry
             series = self._metrics.series(listener, app, service)
             static = access.static_part(listener, "path", app, service, entry)
-        series.observe(ex.method, status, duration)
+        series.observe_request(ex.method, status, duration)
         request_id = ex.request_id
         access.request(
             static,

@@ -6,7 +6,14 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appgateway.metrics import BUCKETS, Histogram, Metrics, code_class, merge_texts
+from appgateway.metrics import (
+    BUCKETS,
+    Histogram,
+    Metrics,
+    RequestSeries,
+    code_class,
+    merge_texts,
+)
 
 NAMES = [
     "appgateway_requests_total",
@@ -65,16 +72,16 @@ def test_types() -> None:
 
 def test_no_created_series() -> None:
     m = Metrics()
-    m.series("proxy", "a", "s").observe(b"GET", 200, 0.1)
+    m.series("proxy", "a", "s").observe_request(b"GET", 200, 0.1)
     m.retry("a", "s")
     assert b"_created" not in m.render()
 
 
 def test_hot_path_methods_record_labels() -> None:
     m = Metrics()
-    m.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.003)
-    m.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.3)
-    m.series("compass", "", "").observe(b"GET", 404, 0.001)
+    m.series("proxy", "demo", "open-api").observe_request(b"GET", 200, 0.003)
+    m.series("proxy", "demo", "open-api").observe_request(b"GET", 200, 0.3)
+    m.series("compass", "", "").observe_request(b"GET", 404, 0.001)
     m.upstream_series("demo", "open-api").observe(0.002)
     m.upstream_error("demo", "open-api", "timeout")
     m.retry("demo", "open-api")
@@ -124,10 +131,10 @@ def test_instances_do_not_share_state() -> None:
 
 def test_merge_sums_two_workers() -> None:
     one, two = Metrics(), Metrics()
-    one.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.003)
-    one.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.3)
-    two.series("proxy", "demo", "open-api").observe(b"GET", 200, 0.02)
-    two.series("compass", "demo", "open-api").observe(b"GET", 502, 0.02)
+    one.series("proxy", "demo", "open-api").observe_request(b"GET", 200, 0.003)
+    one.series("proxy", "demo", "open-api").observe_request(b"GET", 200, 0.3)
+    two.series("proxy", "demo", "open-api").observe_request(b"GET", 200, 0.02)
+    two.series("compass", "demo", "open-api").observe_request(b"GET", 502, 0.02)
     one.inflight("proxy").inc()
     two.inflight("proxy").inc()
     two.inflight("compass").inc()
@@ -164,7 +171,7 @@ def test_merge_sums_two_workers() -> None:
 
 def test_merge_single_worker_is_identity() -> None:
     m = Metrics()
-    m.series("proxy", "a", "s").observe(b"GET", 201, 0.5)
+    m.series("proxy", "a", "s").observe_request(b"GET", 201, 0.5)
     m.set_registry(apis=1, applications=1, errors=0)
     assert samples(merge_texts([m.render()])) == samples(m.render())
 
@@ -183,8 +190,8 @@ def test_merge_nothing() -> None:
 def test_request_labels_are_bounded() -> None:
     m = Metrics()
     for method in (b"GET", b"PROPFIND", b"MKCOL", b"DELETE"):
-        m.series("proxy", "a", "s").observe(method, 499, 0.1)
-    m.series("proxy", "a", "s").observe(b"GET", 0, 0.1)
+        m.series("proxy", "a", "s").observe_request(method, 499, 0.1)
+    m.series("proxy", "a", "s").observe_request(b"GET", 0, 0.1)
     got = samples(m.render())
 
     def count(method: str, code: str, code_class: str) -> float:
@@ -233,3 +240,45 @@ def test_histogram_bucket_is_the_first_bound_not_below(value: float, slot: int) 
     if not math.isnan(value):
         assert slot == bisect.bisect_left(BUCKETS, value)
     assert sum(hist.counts) == 1
+
+
+@pytest.mark.parametrize("slot", range(len(BUCKETS)))
+def test_histogram_fields_follow_buckets(slot: int) -> None:
+    """Histogram.observe spells the bounds out: each bound, and the next float above it."""
+    bound = BUCKETS[slot]
+    hist = Histogram()
+    hist.observe(bound)
+    hist.observe(math.nextafter(bound, math.inf))
+    expected = [0] * (len(BUCKETS) + 1)
+    expected[slot] += 1
+    expected[slot + 1] += 1
+    assert hist.counts == expected
+    assert hist.total == bound + math.nextafter(bound, math.inf)
+
+
+REQUESTS = [
+    [],
+    [(b"GET", 200)] * 3,
+    [(b"GET", 200), (b"GET", 404), (b"GET", 200), (b"POST", 200), (b"POST", 201)],
+    [(b"GET", 0), (b"GET", 0), (b"HEAD", 0), (b"GET", 200), (b"GET", 200), (b"GET", 0)],
+]
+
+
+@pytest.mark.parametrize("requests", REQUESTS)
+@pytest.mark.parametrize("read_after", [None, 0, 1, 2])
+def test_request_series_counts_every_request(
+    requests: list[tuple[bytes, int]], read_after: int | None
+) -> None:
+    """The latest pair's count lives in fields until another pair comes; reading the counts
+    in between (a scrape) must neither lose nor double any request."""
+    series = RequestSeries()
+    expected: dict[bytes, dict[int, int]] = {}
+    for index, (method, code) in enumerate(requests):
+        series.observe_request(method, code, 0.001)
+        codes = expected.setdefault(method, {})
+        codes[code] = codes.get(code, 0) + 1
+        if index == read_after:
+            series.request_counts()
+    assert series.request_counts() == expected
+    assert series.request_counts() == expected  # reading twice changes nothing
+    assert sum(series.counts) == len(requests)
