@@ -40,6 +40,7 @@ from pathlib import Path
 from paced import RESULT_HEADER, PacedResult, format_result, paced_run, scenario_mix
 from run import (
     CLK_TCK,
+    Proc,
     add_json_arg,
     check_cores,
     check_tools,
@@ -122,17 +123,11 @@ def config_cores(config: str, args: argparse.Namespace) -> tuple[str, int, str]:
     return proxy, 2, f"{args.proxy_core},{args.load_core}"
 
 
-def wrk_round(
-    config: str,
-    index: int,
-    sc: Scenario,
-    args: argparse.Namespace,
-    work: Path,
-    up: Upstream,
-    pki: Pki,
-) -> WrkRound:
+def start_config(
+    config: str, sc: Scenario, args: argparse.Namespace, work: Path, up: Upstream, pki: Pki
+) -> tuple[Proc, int]:
     proxy, workers, cores = config_cores(config, args)
-    proc, port = launch(
+    return launch(
         proxy,
         sc.api,
         work,
@@ -143,6 +138,19 @@ def wrk_round(
         workers=workers,
         go_procs=workers,
     )
+
+
+def wrk_round(
+    config: str,
+    index: int,
+    sc: Scenario,
+    args: argparse.Namespace,
+    work: Path,
+    up: Upstream,
+    pki: Pki,
+) -> WrkRound:
+    proxy, workers, _ = config_cores(config, args)
+    proc, port = start_config(config, sc, args, work, up, pki)
     try:
         url = f"http://127.0.0.1:{port}{route_path(sc.api)}"
         if args.warmup > 0:
@@ -190,18 +198,7 @@ async def paced_round(
     pki: Pki,
     rate: float,
 ) -> PacedRound:
-    _, workers, cores = config_cores(config, args)
-    proc, port = await asyncio.to_thread(
-        launch,
-        "gateway",
-        sc.api,
-        work,
-        up,
-        pki,
-        core=cores,
-        gateway_cmd=args.gateway_cmd,
-        workers=workers,
-    )
+    proc, port = await asyncio.to_thread(start_config, config, sc, args, work, up, pki)
     try:
         mix = scenario_mix(sc, port)
         if args.warmup > 0:
