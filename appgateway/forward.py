@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
@@ -84,17 +84,38 @@ class Resolved:
     upstream_hist: Histogram
     canonical_path: str  # urls.canonical_target of the target's path
     query_params: tuple[tuple[str, str], ...]  # urls.encoded_params of the API's parameters
-    # Per kind of route (`_kind`): proxy listener by host, by path, Compass listener. Lists
-    # indexed by a small int, not dicts keyed by (listener, mode): no tuple to build and hash.
-    series: list[RequestSeries | None] = field(default_factory=lambda: [None, None, None])
-    static: list[str | None] = field(default_factory=lambda: [None, None, None])
+    # The metric series and access-line part per kind of route (`_kind`), made on first use.
+    # Fields, not lists indexed by kind: with 10,000 APIs, every object a request touches is
+    # a likely cache miss, and a list is two more.
+    host_series: RequestSeries | None = None
+    host_static: str | None = None
+    path_series: RequestSeries | None = None
+    path_static: str | None = None
+    compass_series: RequestSeries | None = None
+    compass_static: str | None = None
+
+    def keep_labels(self, kind: int, series: RequestSeries, static: str) -> None:
+        if kind == _HOST:
+            self.host_series = series
+            self.host_static = static
+        elif kind == _PATH:
+            self.path_series = series
+            self.path_static = static
+        else:
+            self.compass_series = series
+            self.compass_static = static
+
+
+_HOST: Final = 0
+_PATH: Final = 1
+_COMPASS: Final = 2
 
 
 def _kind(listener: str, mode: str) -> int:
-    """The index into Resolved.series and Resolved.static."""
+    """Proxy listener by host, by path, or the Compass listener."""
     if listener == "compass":
-        return 2
-    return 0 if mode == "host" else 1
+        return _COMPASS
+    return _HOST if mode == "host" else _PATH
 
 
 class _Call:
@@ -503,16 +524,20 @@ class Forwarder:
         access = self._access
         if route is not None and resolved is not None:
             kind = _kind(listener, route.mode)
-            series = resolved.series[kind]
-            static = resolved.static[kind]
+            if kind == _PATH:
+                series = resolved.path_series
+                static = resolved.path_static
+            elif kind == _HOST:
+                series = resolved.host_series
+                static = resolved.host_static
+            else:
+                series = resolved.compass_series
+                static = resolved.compass_static
             if series is None or static is None:
                 ref = route.api.ref
-                series = resolved.series[kind] = self._metrics.series(
-                    listener, ref.app, ref.service
-                )
-                static = resolved.static[kind] = access.static_part(
-                    listener, route.mode, ref.app, ref.service, ref.entry
-                )
+                series = self._metrics.series(listener, ref.app, ref.service)
+                static = access.static_part(listener, route.mode, ref.app, ref.service, ref.entry)
+                resolved.keep_labels(kind, series, static)
         else:
             app = service = entry = ""
             ref_holder = getattr(error, "ref", None)

@@ -642,6 +642,26 @@ async def test_access_log_line_for_host_route_and_errors(rig: Rig) -> None:
     assert error["error_class"] == "bad_request" and error["upstream_ms"] is None
 
 
+async def test_each_kind_of_route_to_one_api_keeps_its_own_labels(rig: Rig) -> None:
+    """The forwarder keeps an API's series and access-line part per kind of route."""
+    await rig.call("GET", "/shop/orders/a")
+    await rig.call("GET", "/x", [("Host", "shop-o1")])
+    await rig.call("GET", "/shop/orders/orders-entry/b", listener="compass")
+    await rig.call("GET", "/y", [("Host", "shop-o1")])
+    await rig.call("GET", "/shop/orders/c")
+    lines = [(a["listener"], a["route"], a["service"], a["entry"], a["path"]) for a in rig.access()]
+    assert lines == [
+        ("proxy", "path", "orders", "orders-entry", "/shop/orders/a"),
+        ("proxy", "host", "orders", "orders-entry", "/x"),
+        ("compass", "path", "orders", "orders-entry", "/shop/orders/orders-entry/b"),
+        ("proxy", "host", "orders", "orders-entry", "/y"),
+        ("proxy", "path", "orders", "orders-entry", "/shop/orders/c"),
+    ]
+    labels = {"app": "shop", "service": "orders", "code": "200"}
+    assert rig.sample("appgateway_requests_total", listener="proxy", **labels) == 4.0
+    assert rig.sample("appgateway_requests_total", listener="compass", **labels) == 1.0
+
+
 async def test_metrics_count_requests(rig: Rig) -> None:
     for _ in range(2):
         assert (await rig.call("GET", "/shop/orders/m")).status == 200
