@@ -468,10 +468,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-core", type=int, default=1)
     add_json_arg(parser)
     args = parser.parse_args(argv)
-    if min(args.apps, args.small, args.rounds, args.duration, args.route_calls) < 1:
-        parser.error("--apps, --small, --rounds, --duration and --route-calls must be positive")
-    if args.route_repeats < 1:
-        parser.error("--route-repeats must be positive")
+    counts = (
+        args.apps,
+        args.small,
+        args.rounds,
+        args.duration,
+        args.route_calls,
+        args.route_repeats,
+    )
+    if min(counts) < 1:
+        parser.error("--apps, --small, --rounds, --duration and --route-* must be positive")
     check_cores(parser, args.proxy_core, args.load_core)
     return args
 
