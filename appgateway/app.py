@@ -108,6 +108,8 @@ class Gateway:
         self.stop_event = asyncio.Event()
         self.registry: Registry | None = None
         self.ports: dict[str, int] = {}
+        self._refused_logged_at = -1e9
+        self._refused_since_log = 0
 
     def ready(self) -> bool:
         return not self.shutting_down and self.registry is not None and self.registry.ready
@@ -174,7 +176,10 @@ class Gateway:
             stack.push_async_callback(runner.cleanup)
             self._listening("admin", self.admin_host, admin_port)
 
-            trackers: list[ConnectionTracker] = []
+            # One tracker for both proxy listeners: --max-connections caps them together.
+            tracker = ConnectionTracker(settings.max_connections, self._refused)
+            self.metrics.open_connections.set_function(lambda: len(tracker.connections))
+            trackers = [tracker]
             servers: list[asyncio.Server] = []
             for name, sock, port, handler, fast in (
                 (
@@ -194,7 +199,6 @@ class Gateway:
             ):
                 if sock is None:
                     sock = bind_socket(settings.host, port)
-                tracker = ConnectionTracker()
                 server = await serve(
                     loop,
                     handler,
@@ -203,8 +207,8 @@ class Gateway:
                     idle_timeout=settings.idle_timeout,
                     tracker=tracker,
                     fast=fast,
+                    body_min_rate=settings.body_min_rate,
                 )
-                trackers.append(tracker)
                 servers.append(server)
                 self._listening(name, settings.host, sock.getsockname()[1])
 
@@ -234,6 +238,25 @@ class Gateway:
             await asyncio.sleep(0.05)
         for tracker in trackers:
             tracker.abort_all()
+
+    def _refused(self, open_connections: int) -> None:
+        """At --max-connections: count every refusal, log at most one line per 10 s."""
+        self.metrics.connections_refused.inc()
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 10.0:
+            log.warning(
+                "connection limit reached: refusing new caller connections",
+                extra={
+                    "fields": {
+                        "max_connections": self.settings.max_connections,
+                        "open": open_connections,
+                        "refused": self._refused_since_log,
+                    }
+                },
+            )
+            self._refused_logged_at = now
+            self._refused_since_log = 0
 
     def _observe_registry(self, snapshot: Snapshot) -> None:
         self.metrics.set_registry(

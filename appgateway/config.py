@@ -49,6 +49,8 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    body_min_rate: int = 1024
+    max_connections: int = 4096
 
 
 def parse_bool(text: str) -> bool:
@@ -134,6 +136,16 @@ _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--shutdown-timeout", _duration, "drain time after SIGTERM"),
     ("--log-level", _level, "debug, info, warn or error"),
     ("--workers", _positive_int, "worker processes sharing the proxy listeners"),
+    (
+        "--body-min-rate",
+        _non_negative_int,
+        "least bytes/s a request body must average per request-timeout of waiting (0: off)",
+    ),
+    (
+        "--max-connections",
+        _positive_int,
+        "open caller connections per process on the proxy listeners; more are refused",
+    ),
 )
 
 

@@ -41,6 +41,21 @@ class BadRequest(GatewayError):
     error_class = "bad_request"
 
 
+class BodyTooSlow(GatewayError):
+    """The caller sends its request body slower than `--body-min-rate`."""
+
+    status = 408
+    error_class = "body_too_slow"
+
+
+class LoopDetected(GatewayError):
+    """The request already passed this gateway (its Via pseudonym): a `targetUrl` that
+    points back at the gateway would otherwise multiply one request without end."""
+
+    status = 508
+    error_class = "loop"
+
+
 class NotFound(GatewayError):
     status = 404
     error_class = "not_found"

@@ -22,7 +22,14 @@ from typing import Final
 
 from appgateway.auth import Applied, AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
 from appgateway.config import Settings
-from appgateway.errors import GatewayError, NotReady, UpstreamTimeout, UpstreamUnavailable
+from appgateway.errors import (
+    BadRequest,
+    GatewayError,
+    LoopDetected,
+    NotReady,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from appgateway.headers import (
     add_parameter_headers,
     caller_fields,
@@ -31,6 +38,7 @@ from appgateway.headers import (
     set_header,
     take_access_token,
 )
+from appgateway.http1 import replayable
 from appgateway.logs import AccessLog
 from appgateway.metrics import Histogram, Metrics, RequestSeries
 from appgateway.model import API, Headers
@@ -60,6 +68,7 @@ from appgateway.upstream import (
 from appgateway.urls import (
     canonical_target,
     encoded_params,
+    escapes_base,
     merge_query,
     pre_normalize,
     wire_path,
@@ -135,6 +144,7 @@ class _Call:
         "fields",
         "host",
         "resolved",
+        "looped",
     )
 
     def __init__(self, listener: str, start: float, target: str) -> None:
@@ -151,6 +161,7 @@ class _Call:
         self.fields: Headers | None = None  # the caller's fields that may travel, once
         self.host: bytes | None = None
         self.resolved: Resolved | None = None
+        self.looped = False
 
 
 class Forwarder:
@@ -184,6 +195,10 @@ class Forwarder:
         self._idle_timeout = settings.idle_timeout
         self._retry_limit = settings.retry_body_limit
         self._request_prefix = os.urandom(6).hex().encode()
+        # This process's pseudonym in Via (RFC 9110 §7.6.3), by which it knows a request
+        # that comes back to it.
+        self._hop = b"appgateway-" + self._request_prefix
+        self._via = (b"Via", b"1.1 " + self._hop)
         self._request_count = 0
         self._inflight = {name: metrics.inflight(name) for name in ("proxy", "compass")}
 
@@ -238,12 +253,14 @@ class Forwarder:
     # -- steps shared by both paths ---------------------------------------------------
     def _begin(self, ex: Exchange, listener: str) -> _Call:
         call = _Call(listener, self._clock(), ex.target.decode("latin-1"))
-        call.fields, call.host, ex.request_id = caller_fields(ex.headers)
+        call.fields, call.host, ex.request_id, call.looped = caller_fields(ex.headers, self._hop)
         self._inflight[listener].value += 1
         return call
 
     def _route(self, ex: Exchange, call: _Call) -> tuple[Resolved, Route, str]:
         """Raises GatewayError (not ready, no such API, a bad request target)."""
+        if call.looped:
+            raise LoopDetected("request loop: this gateway already forwarded the request")
         if not self._registry.ready:
             raise NotReady("registry not loaded yet")
         snapshot = self._registry.snapshot()
@@ -328,9 +345,12 @@ class Forwarder:
             call.id_generated = True
         if call.id_generated:
             headers.append((b"X-Request-Id", ex.request_id))
+        headers.append(self._via)
         first = list(headers)
         add_parameter_headers(headers, api.params.headers)
         headers.append(resolved.host_header)
+        if api.confine_path and escapes_base(route.rest):
+            raise BadRequest("request path leaves the API's base path")
         path = wire_path(target.path, route.rest, api.encode_url, resolved.canonical_path)
         q = merge_query(target.query, query, api.params.query, resolved.query_params)
         path_qs = path + "?" + q if q else path
@@ -354,7 +374,12 @@ class Forwarder:
                 if new != text:
                     set_header(headers, b"Location", new.encode("latin-1"))
         reason = response.reason if status == original else b""
-        ex.start_response(status, reason, headers, response.content_length)
+        codings = response.transfer_codings
+        if codings is not None and not ex.http11:
+            raise UpstreamUnavailable(
+                "response transfer coding cannot be relayed to an HTTP/1.0 caller", "protocol"
+            )
+        ex.start_response(status, reason, headers, response.content_length, codings)
 
     @staticmethod
     def _upstream_done(call: _Call, resolved: Resolved, seconds: float) -> None:
@@ -498,11 +523,18 @@ class Forwarder:
     async def _relay_body(self, ex: Exchange, response: UpstreamResponse) -> None:
         try:
             idle = self._idle_timeout
+            conn = ex.conn
             while True:
                 data = await response.read(idle)
                 if not data:
                     break
-                await ex.write(data)
+                ex.send(data)
+                if conn.writing_paused:
+                    # Read no more from the target while the caller is not taking what it
+                    # has: a stalled download then holds a bounded amount of memory.
+                    response.hold(True)
+                    await conn.drain()
+                    response.hold(False)
             ex.end()
         except BaseException:
             response.abort()
@@ -644,6 +676,9 @@ class _Flight:
                 conn.hold(True)
                 ex.on_writable = self.writable
             conn.arm_head_timeout(self.fwd._clock() + self.fwd._idle_timeout)
+        except GatewayError as error:
+            conn.abort()
+            self._fail(error)
         except Exception:
             log.error("internal error while relaying a response", exc_info=log.isEnabledFor(10))
             conn.abort()
@@ -660,7 +695,11 @@ class _Flight:
                 error = UpstreamTimeout(f"timeout after {fwd._header_timeout:g}s")
             elif not isinstance(error, GatewayError):
                 error = UpstreamUnavailable("connection failed", "protocol")
-            elif isinstance(error, UpstreamUnavailable) and not conn.got_bytes:
+            elif (
+                isinstance(error, UpstreamUnavailable)
+                and not conn.got_bytes
+                and replayable(self.request.method, self.request.headers)
+            ):
                 # A keep-alive connection the target had closed: not its answer (see
                 # Upstream.send); the same request goes again on a fresh connection.
                 self._handoff(self.resend(fresh=True))

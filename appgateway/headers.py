@@ -48,6 +48,7 @@ IGNORED_PARAMETER_HEADERS: Final = frozenset(
 
 ACCESS_TOKEN: Final = b"access-token"
 REQUEST_ID: Final = b"x-request-id"
+VIA: Final = b"via"
 
 # Lower-cased field names by their spelling on the wire. A request looks up about ten names;
 # a dict hit costs a fraction of a `bytes.lower()` call and its new object. Bounded: names a
@@ -103,12 +104,17 @@ def outbound_headers(caller: Headers) -> Headers:
     return caller_fields(caller)[0]
 
 
-def caller_fields(caller: Headers) -> tuple[Headers, bytes | None, bytes | None]:
-    """`outbound_headers`, with the first Host and X-Request-Id values, in one pass."""
+def caller_fields(
+    caller: Headers, hop: bytes = b"\x00"
+) -> tuple[Headers, bytes | None, bytes | None, bool]:
+    """`outbound_headers`, with the first Host and X-Request-Id values, and whether a Via
+    field names `hop` (this gateway's pseudonym: the request went round in a loop), in
+    one pass."""
     out: Headers = []
     named: set[bytes] | None = None
     host: bytes | None = None
     request_id: bytes | None = None
+    looped = False
     for name, value in caller:
         low = lower_name(name)
         if low in _OUTBOUND_DROP:
@@ -118,10 +124,13 @@ def caller_fields(caller: Headers) -> tuple[Headers, bytes | None, bytes | None]
             elif low == b"connection":
                 named = _named_by(value, named)
             continue
-        if low == REQUEST_ID and request_id is None:
-            request_id = value
+        if low == REQUEST_ID:
+            if request_id is None:
+                request_id = value
+        elif low == VIA and hop in value:
+            looped = True
         out.append((name, value))
-    return _drop_named(out, named), host, request_id
+    return _drop_named(out, named), host, request_id, looped
 
 
 def response_headers(upstream: Headers) -> Headers:

@@ -5,6 +5,7 @@ Header blocks are assembled with one `b"".join` so the data path never formats t
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Final
 
@@ -23,15 +24,52 @@ _STATUS_LINES: Final[dict[int, bytes]] = {
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
     """The status line: the standard phrase for known codes (a cached constant), else the
-    upstream's own phrase."""
+    upstream's own phrase, when it holds only what RFC 9112 §4 allows (HTAB, SP, VCHAR,
+    obs-text: no other control byte reaches the caller)."""
     line = _STATUS_LINES.get(status)
     if line is not None:
         return line
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+    if not reason or _BAD_REASON.search(reason) is not None:
+        reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+_BAD_REASON: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_IDEMPOTENCY_KEYS: Final = (b"idempotency-key", b"x-idempotency-key")
+
+
+def replayable(method: bytes, headers: Headers) -> bool:
+    """May a request the target may have received be sent again on another connection?
+
+    Only when repeating it changes nothing (RFC 9110 §9.2.2), or the caller marked it with
+    an idempotency key (as Go's Transport also honours): a POST on a keep-alive connection
+    the target closed without answering may already have been processed.
+    """
+    if method in _IDEMPOTENT:
+        return True
+    return any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in headers)
+
+
+def split_transfer_codings(value: bytes) -> tuple[bytes | None, bool]:
+    """A Transfer-Encoding value as (the codings before a final `chunked`, or all of them
+    when `chunked` is not last; whether the body is chunked). `gzip, chunked` is
+    (b"gzip", True), `chunked` (None, True), `gzip` (b"gzip", False)."""
+    codings = [c.strip() for c in value.split(b",") if c.strip()]
+    chunked = bool(codings) and codings[-1].lower() == b"chunked"
+    if chunked:
+        codings.pop()
+    return (b", ".join(codings) or None), chunked
 
 
 def _fields_and_framing(
-    parts: list[bytes], headers: Headers, content_length: int | None, chunked: bool
+    parts: list[bytes],
+    headers: Headers,
+    content_length: int | None,
+    chunked: bool,
+    codings: bytes | None = None,
 ) -> None:
     """Appends each field as four pieces and the framing field: the head is then joined once,
     where a `name + b": " + value + CRLF` per field would allocate three times each."""
@@ -41,7 +79,10 @@ def _fields_and_framing(
         parts.append(value)
         parts.append(CRLF)
     if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        if codings:
+            parts.append(b"Transfer-Encoding: %s, chunked\r\n" % codings)
+        else:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
     elif content_length is not None:
         parts.append(b"Content-Length: ")
         parts.append(str(content_length).encode())
@@ -56,10 +97,12 @@ def response_head(
     content_length: int | None,
     chunked: bool,
     close: bool,
+    codings: bytes | None = None,
 ) -> bytes:
-    """Status line, relayed headers and the framing the gateway chose."""
+    """Status line, relayed headers and the framing the gateway chose. `codings` are the
+    target's transfer codings other than chunked (gzip), which stay on the body."""
     parts = [status_line(status, reason)]
-    _fields_and_framing(parts, headers, content_length, chunked)
+    _fields_and_framing(parts, headers, content_length, chunked, codings)
     if close:
         parts.append(b"Connection: close\r\n")
     parts.append(CRLF)

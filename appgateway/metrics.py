@@ -24,6 +24,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 INFLIGHT = "appgateway_inflight_requests"
+OPEN_CONNECTIONS = "appgateway_open_connections"
+_SUMMED_GAUGES = frozenset((INFLIGHT, OPEN_CONNECTIONS))
 
 # Request methods keep their name as a label; any other method counts as "other", so the
 # label stays bounded whatever callers send.
@@ -253,6 +255,14 @@ class Metrics:
             "Unix time of the last successful registry rebuild.",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "appgateway_connections_refused",
+            "Caller connections refused because --max-connections were open.",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            OPEN_CONNECTIONS, "Open caller connections on the proxy listeners.", registry=r
+        )
         self._counter_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         # Per-request series are plain accumulators (no locks, no label hashing per call),
         # turned into metric families only when scraped.
@@ -385,7 +395,7 @@ def merge_texts(texts: list[bytes]) -> bytes:
                 heads[name] = family
                 values[name] = {}
                 order.append(name)
-            summed = family.type in _SUMMED_TYPES or name == INFLIGHT
+            summed = family.type in _SUMMED_TYPES or name in _SUMMED_GAUGES
             samples = values[name]
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))

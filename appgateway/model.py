@@ -119,3 +119,4 @@ class API:
     params: RequestParameters
     skip_verify: bool
     encode_url: bool
+    confine_path: bool = False  # the Application's CONFINE_PATH annotation

@@ -18,7 +18,7 @@ from typing import Final
 import httptools
 
 from appgateway import http1
-from appgateway.errors import BadRequest, GatewayError
+from appgateway.errors import BadRequest, BodyTooSlow, GatewayError
 from appgateway.headers import lower_name
 from appgateway.model import Headers
 from appgateway.upstream import as_protocol, timeout_waiter
@@ -26,7 +26,7 @@ from appgateway.upstream import as_protocol, timeout_waiter
 log: Final = logging.getLogger("appgateway.server")
 
 MAX_HEAD: Final = 64 * 1024
-HIGH_WATER: Final = 256 * 1024
+HIGH_WATER: Final = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -61,6 +61,8 @@ class Exchange:
         "_chunked_out",
         "_close_after",
         "_head",
+        "_waited",
+        "_waited_from",
         "request_id",
         "on_lost",
         "on_writable",
@@ -93,6 +95,10 @@ class Exchange:
         self._chunked_out = False
         self._close_after = False
         self._head = b""
+        # The body's minimum rate: how long a read has waited for the caller in the current
+        # window (request-timeout seconds of waiting), and `bytes_in` when the window began.
+        self._waited = 0.0
+        self._waited_from = 0
         self.request_id: bytes | None = None
         # Set while a fast handler (no task) owns the exchange: told when the caller leaves.
         self.on_lost: Callable[[], None] | None = None
@@ -144,16 +150,37 @@ class Exchange:
                 self._continue_sent = True
                 conn.write(http1.CONTINUE_100)
             conn.resume_reading()
-            waiter = conn.loop.create_future()
+            loop = conn.loop
+            window = conn.request_timeout
+            waiter = loop.create_future()
             self._waiter = waiter
-            timer = conn.loop.call_later(conn.idle_timeout, timeout_waiter, waiter)
+            # Wake at the idle timeout, or when the rate window is used up if that is sooner.
+            delay = min(conn.idle_timeout, window - self._waited) if conn.body_min_rate else None
+            started = loop.time()
+            timer = loop.call_later(
+                conn.idle_timeout if delay is None else delay, timeout_waiter, waiter
+            )
             try:
                 await waiter
             except TimeoutError:
-                raise ClientGone("request body idle timeout") from None
+                if delay is None or delay >= conn.idle_timeout:
+                    raise ClientGone("request body idle timeout") from None
             finally:
                 timer.cancel()
                 self._waiter = None
+            if delay is not None:
+                self._check_rate(loop.time() - started, window, conn.body_min_rate)
+
+    def _check_rate(self, waited: float, window: float, min_rate: int) -> None:
+        """Counts only the time the gateway waited for the caller: a body held back by our
+        own back-pressure (a slow target) is not the caller's fault."""
+        self._waited += waited
+        if self._waited < window:
+            return
+        if self.bytes_in - self._waited_from < min_rate * window:
+            raise BodyTooSlow(f"request body slower than {min_rate} bytes/s")
+        self._waited = 0.0
+        self._waited_from = self.bytes_in
 
     async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
         """Buffer the body up to `limit` bytes: (data, complete)."""
@@ -169,9 +196,16 @@ class Exchange:
 
     # -- response --------------------------------------------------------------------
     def start_response(
-        self, status: int, reason: bytes, headers: Headers, content_length: int | None
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        content_length: int | None,
+        codings: bytes | None = None,
     ) -> None:
-        """Write the response head, choosing the framing towards the caller."""
+        """Write the response head, choosing the framing towards the caller. `codings`
+        (transfer codings the body still carries, such as gzip) need chunked framing, so
+        an HTTP/1.1 caller (forward.py refuses them to HTTP/1.0 callers)."""
         self.started = True
         self.status_sent = status
         allowed = http1.body_allowed(status, self.method)
@@ -181,6 +215,9 @@ class Exchange:
         if not allowed:
             if status == 204 or status < 200:
                 length = None
+        elif codings is not None:
+            chunked = True
+            length = None
         elif length is None:
             if self.http11:
                 chunked = True
@@ -191,7 +228,13 @@ class Exchange:
         if close:
             self._close_after = True
         head = http1.response_head(
-            status, reason, headers, content_length=length, chunked=chunked, close=close
+            status,
+            reason,
+            headers,
+            content_length=length,
+            chunked=chunked,
+            close=close,
+            codings=codings,
         )
         self.bytes_out += len(head)
         # Held back and sent with the first body bytes: one write (and one segment) for a
@@ -265,8 +308,10 @@ class ClientConnection:
         idle_timeout: float,
         tracker: ConnectionTracker,
         fast: FastHandler | None = None,
+        body_min_rate: int = 0,
     ) -> None:
         self.loop = loop
+        self.body_min_rate = body_min_rate
         self.handler = handler
         self.fast = fast
         self.request_timeout = request_timeout
@@ -287,6 +332,7 @@ class ClientConnection:
         self._waiting_since: float | None = None
         self._in_head = True  # between messages or inside a head: bytes count against MAX_HEAD
         self._head_bytes = 0
+        self._heads = 0  # heads parsed, to tell whether a piece of input completed one
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -298,26 +344,35 @@ class ClientConnection:
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.tracker.add(self)
+        if not self.tracker.add(self):
+            self._broken = True
+            self.closed = True
+            transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()
+            return
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
         try:
-            if self._in_head:
-                # Bound the head by bytes received, not per field: llhttp buffers a field
-                # until it ends, so one endless header would otherwise grow without limit.
+            # Bound the head by bytes received, not per field: llhttp buffers a field until
+            # it ends, so one endless header would otherwise grow without limit. The budget
+            # is per head: when a piece completed heads (pipelining), the head in progress
+            # began inside it and starts afresh.
+            while self._in_head and len(data) > MAX_HEAD - self._head_bytes:
                 allowance = MAX_HEAD - self._head_bytes
-                if len(data) > allowance:
-                    self._head_bytes = MAX_HEAD
-                    self._parser.feed_data(data[:allowance])
-                    if self._in_head:
-                        self._protocol_error(431, "request header fields too large")
-                        return
-                    data = data[allowance:]
-                else:
-                    self._head_bytes += len(data)
+                heads = self._heads
+                self._parser.feed_data(data[:allowance])
+                data = data[allowance:]
+                if self._broken:
+                    return
+                if self._heads == heads:
+                    self._protocol_error(431, "request header fields too large")
+                    return
+                self._head_bytes = 0
+            if self._in_head:
+                self._head_bytes += len(data)
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
@@ -387,6 +442,8 @@ class ClientConnection:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
             self._reject(431, "request header fields too large")
+        if not self._in_head:
+            return  # a chunked body's trailer: never a header (a filter in front saw none)
         self._headers.append((name, value))
 
     def _reject(self, status: int, message: str) -> None:
@@ -394,6 +451,7 @@ class ClientConnection:
         raise _Rejected(message)
 
     def on_headers_complete(self) -> None:
+        self._heads += 1
         self._cancel_head_timer()
         self._in_head = False
         self._head_bytes = 0
@@ -404,17 +462,30 @@ class ClientConnection:
         method = parser.get_method()
         if method == b"CONNECT":
             self._reject(405, "CONNECT is not supported")
-        exchange = Exchange(self, method, self._url, self._headers)
-        exchange.http11 = version == "1.1"
+        url = self._url
+        if b"#" in url:
+            url = url.partition(b"#")[0]  # a fragment is the caller's own; never sent on
+        exchange = Exchange(self, method, url, self._headers)
+        http11 = version == "1.1"
+        exchange.http11 = http11
         exchange.keep_alive = bool(parser.should_keep_alive()) and not self._eof
+        hosts = 0
         for name, value in self._headers:
             lower = lower_name(name)
             if lower == b"content-length":
                 exchange.content_length = int(value)
             elif lower == b"transfer-encoding":
                 exchange.chunked = True
+                if not http11:
+                    exchange.keep_alive = False  # RFC 9112 §6.1: close after it
+            elif lower == b"host":
+                hosts += 1
             elif lower == b"expect" and value.lower() == b"100-continue":
                 exchange.expect_continue = True
+        if hosts != 1 and (hosts > 1 or http11):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1; two would let two parsers pick
+            # different APIs from the same request.
+            self._reject(400, "malformed request: missing or repeated Host")
         if exchange.content_length == 0 or not exchange.has_body:
             # No body (RFC 9112 §6.3): complete already, so a handler that answers before
             # on_message_complete still keeps the connection alive.
@@ -612,6 +683,9 @@ class ClientConnection:
         return self._active is None and not self._queue
 
 
+_TOO_MANY: Final = http1.simple_error(503, "too many connections")
+
+
 class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing; the reason is kept on the protocol."""
 
@@ -622,14 +696,23 @@ def _parser_message(exc: Exception) -> str:
 
 
 class ConnectionTracker:
-    """The open client connections of one listener, for the shutdown drain."""
+    """The open client connections of the proxy listeners: for the shutdown drain, and to
+    cap them (each one holds buffers and file descriptors towards the target too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0, on_refused: Callable[[int], None] | None = None) -> None:
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.limit = limit  # 0: no cap
+        self.on_refused = on_refused  # told the number of open connections
 
-    def add(self, conn: ClientConnection) -> None:
+    def add(self, conn: ClientConnection) -> bool:
+        """False when the cap is reached: the connection is refused, not tracked."""
+        if self.limit and len(self.connections) >= self.limit:
+            if self.on_refused is not None:
+                self.on_refused(len(self.connections))
+            return False
         self.connections.add(conn)
+        return True
 
     def discard(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -657,6 +740,7 @@ async def serve(
     idle_timeout: float,
     tracker: ConnectionTracker,
     fast: FastHandler | None = None,
+    body_min_rate: int = 0,
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
@@ -668,6 +752,7 @@ async def serve(
             idle_timeout=idle_timeout,
             tracker=tracker,
             fast=fast,
+            body_min_rate=body_min_rate,
         )
         return as_protocol(conn)
 

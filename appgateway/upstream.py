@@ -24,7 +24,7 @@ from appgateway.headers import lower_name
 from appgateway.model import Headers, Target
 from appgateway.proxy import ProxyConfig
 
-HIGH_WATER: Final = 256 * 1024
+HIGH_WATER: Final = 64 * 1024
 MAX_RESPONSE_HEAD: Final = 1024 * 1024
 POOL_IDLE_SECONDS: Final = 60.0
 POOL_MAX_IDLE: Final = 256
@@ -108,6 +108,10 @@ def timeout_waiter(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+class _Surplus(Exception):
+    """Raised in a parser callback: a byte arrived after the final response was complete."""
+
+
 class UpstreamConnection:
     """One client connection to a target, parsing responses with llhttp."""
 
@@ -117,6 +121,7 @@ class UpstreamConnection:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self._eof = False
         self.idle_since = 0.0
         self.got_bytes = False
         # current exchange
@@ -135,6 +140,7 @@ class UpstreamConnection:
         self.head_seen = False
         self._head_bytes = 0
         self.content_length: int | None = None
+        self.transfer_codings: bytes | None = None  # other than a final chunked (gzip)
         self.body_until_eof = False
         self.keep_alive = False
         self.complete = False
@@ -231,8 +237,10 @@ class UpstreamConnection:
         except (httptools.HttpParserError, UpstreamUnavailable) as exc:
             if isinstance(exc, UpstreamUnavailable):
                 self._fail(exc)
-            else:
+            elif not self.complete:
                 self._fail(UpstreamUnavailable(f"invalid response: {exc}", "protocol"))
+            # else: bytes past the end of a complete response (`_Surplus`); the response
+            # stands as framed, and the connection is never reused.
             self.abort()
         if self._reset_parser:
             self._reset_parser = False
@@ -241,6 +249,9 @@ class UpstreamConnection:
             sink.pump(self)
 
     def eof_received(self) -> bool | None:
+        # Over TLS only a close_notify alert gets here; a bare TCP FIN goes straight to
+        # connection_lost (uvloop's TLS protocol), so this tells a clean end from a cut.
+        self._eof = True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -265,8 +276,14 @@ class UpstreamConnection:
                 message = "connection closed before response headers"
             self._head_failed(UpstreamUnavailable(message, kind))
         elif not self.complete:
-            if self.body_until_eof and exc is None:
+            if self.body_until_eof and exc is None and self._eof:
                 self.complete = True
+            elif self.body_until_eof and exc is None:
+                # RFC 9112 §9.8: without the closure alert the end of the body is unproven
+                # (an attacker may have cut it); the caller must not see it as complete.
+                self._error = UpstreamUnavailable(
+                    "response body truncated: TLS connection closed without close_notify", "tls"
+                )
             elif self._error is None:
                 self._error = UpstreamUnavailable(
                     "connection lost during response body", "protocol"
@@ -289,6 +306,10 @@ class UpstreamConnection:
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.complete:
+            # A byte after the end of the final response (a second response, or garbage):
+            # never parse it into this exchange or the next one; the connection is dead.
+            raise _Surplus()
         self.headers = []
         self._head_size = 0
 
@@ -299,6 +320,8 @@ class UpstreamConnection:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_RESPONSE_HEAD:
             raise UpstreamUnavailable("response header too large", "protocol")
+        if self.head_seen:
+            return  # a chunked body's trailer: never a header, and not relayed
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -313,14 +336,21 @@ class UpstreamConnection:
         self.head_seen = True
         self.keep_alive = bool(self._parser.should_keep_alive())
         length: int | None = None
-        chunked = False
+        codings: bytes | None = None
         for name, value in self.headers:
             lower = lower_name(name)
             if lower == b"content-length":
                 length = int(value)
             elif lower == b"transfer-encoding":
-                chunked = True
-        self.content_length = None if chunked else length
+                codings = value if codings is None else codings + b"," + value
+        chunked = False
+        if codings is not None:
+            # llhttp de-chunks only when chunked is the final coding; any other coding (gzip)
+            # stays on the body, which the caller must then be told about.
+            codings, chunked = http1.split_transfer_codings(codings)
+            length = None  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3)
+        self.transfer_codings = codings
+        self.content_length = length
         no_body = self._head_request or status in (204, 304)
         self.body_until_eof = not no_body and not chunked and length is None
         if no_body:
@@ -332,6 +362,8 @@ class UpstreamConnection:
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise _Surplus()  # body bytes after a HEAD, 204 or 304 answer
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
@@ -359,6 +391,7 @@ class UpstreamConnection:
         self.reason = b""
         self.headers = []
         self.content_length = None
+        self.transfer_codings = None
         self.body_until_eof = False
         self.keep_alive = False
         self.complete = False
@@ -642,7 +675,13 @@ class Upstream:
         except UpstreamUnavailable as exc:
             if conn is not None:
                 conn.abort()
-                if not fresh and exc.kind != "connect" and not conn.got_bytes and not req.stream:
+                if (
+                    not fresh
+                    and exc.kind != "connect"
+                    and not conn.got_bytes
+                    and not req.stream
+                    and http1.replayable(req.method, req.headers)
+                ):
                     return await self.send(
                         req,
                         pool,

@@ -120,6 +120,25 @@ def wire_path(
     return canon(decoded) or "/"
 
 
+_SEPARATORS: Final = re.compile(rb"[/\\]")
+
+
+def escapes_base(rest: str | None) -> bool:
+    """Would `rest`, appended to an API's base path, climb above it once the target removes
+    dot segments? Decoded once and split at `/` and `\\` too, as servers differ in both."""
+    if not rest or ("." not in rest and "%" not in rest):
+        return False
+    depth = 0
+    for segment in _SEPARATORS.split(decode(rest)):
+        if segment == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment not in (b"", b"."):
+            depth += 1
+    return False
+
+
 def form_encode(s: str) -> str:
     """`application/x-www-form-urlencoded` escaping: space is `+`, only `A-Za-z0-9-._~` stay."""
     return quote_plus(s, safe="")

@@ -254,6 +254,13 @@ def upstream_headers(seen: Seen) -> list[tuple[str, str]]:
     return [(n, v) for n, v in seen.headers if n.lower() != "host"]
 
 
+def via_of(seen: Seen) -> str:
+    """The gateway's own Via entry: one per request, naming this process."""
+    (via,) = seen.values("Via")
+    assert re.fullmatch(r"1\.1 appgateway-[0-9a-f]{12}", via), via
+    return via
+
+
 def error_of(resp: Response) -> object:
     assert resp.value("Content-Type") == JSON
     return resp.json()
@@ -353,6 +360,7 @@ async def test_headers_are_forwarded_as_received(rig: Rig) -> None:
         ("Cookie", "a=1"),
         ("Cookie", "b=2"),
         ("Authorization", "Bearer caller"),
+        ("Via", via_of(seen)),
     ]
     assert seen.values("Host") == [f"127.0.0.1:{rig.api.port}"]
 
@@ -360,8 +368,9 @@ async def test_headers_are_forwarded_as_received(rig: Rig) -> None:
 async def test_no_default_headers_are_added(rig: Rig) -> None:
     await rig.call("GET", "/shop/orders/bare", [("Host", "gw")])
     (seen,) = rig.api.requests
-    # Only the generated request id (issue: operability) and Host; no User-Agent, Accept...
-    assert [name for name, _ in seen.headers] == ["X-Request-Id", "Host"]
+    # Only the generated request id (issue: operability), the gateway's Via (loop detection)
+    # and Host; no User-Agent, Accept...
+    assert [name for name, _ in seen.headers] == ["X-Request-Id", "Via", "Host"]
     assert re.fullmatch(r"[0-9a-f]{12}-\d+", seen.value("X-Request-Id") or "")
     assert seen.value("Host") == f"127.0.0.1:{rig.api.port}"
 
@@ -403,7 +412,7 @@ async def test_request_parameters_are_added_when_absent(rig: Rig) -> None:
     assert (await rig.call("GET", "/shop/params/x?a=1", headers)).status == 200
     (seen,) = rig.api.requests
     assert seen.target == "/params-api/x?fixed=1&a=1&lang=EN"
-    added = [(n, v) for n, v in upstream_headers(seen) if n != "X-Request-Id"]
+    added = [(n, v) for n, v in upstream_headers(seen) if n not in ("X-Request-Id", "Via")]
     assert added == [("x-api-key", "mine"), ("X-Multi", "a"), ("X-Multi", "b")]
 
 

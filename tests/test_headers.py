@@ -313,7 +313,27 @@ def test_response_keeps_repeats_order_and_other_fields() -> None:
 def test_caller_fields_is_outbound_headers_plus_host_and_request_id(
     caller: Headers, host: bytes | None, request_id: bytes | None
 ) -> None:
-    assert caller_fields(caller) == (outbound_headers(caller), host, request_id)
+    assert caller_fields(caller) == (outbound_headers(caller), host, request_id, False)
+
+
+HOP = b"appgateway-0123abcd"
+
+
+@pytest.mark.parametrize(
+    ("caller", "looped"),
+    [
+        ([], False),
+        ([(b"Via", b"1.1 proxy-a")], False),
+        ([(b"Via", b"1.1 appgateway-ffff")], False),
+        ([(b"via", b"1.0 x, 1.1 " + HOP)], True),
+        ([(b"Via", b"1.1 a"), (b"VIA", b"1.1 " + HOP + b" (comment)")], True),
+        ([(b"X-Via", b"1.1 " + HOP)], False),
+    ],
+)
+def test_caller_fields_tells_a_request_that_came_back(caller: Headers, looped: bool) -> None:
+    fields, _, _, seen = caller_fields(caller, HOP)
+    assert seen is looped
+    assert fields == outbound_headers(caller)  # Via travels on either way
 
 
 def test_lower_name_beyond_what_it_remembers() -> None:

@@ -225,15 +225,45 @@ async def test_stale_pooled_connection_is_replaced_for_a_buffered_request(
     pool = pool_for(upstream, server)
     await exchange(upstream, pool, outbound(server, b"/a"))
     resp, body = await exchange(
-        upstream, pool, outbound(server, b"/b", method=b"POST", body=b"payload")
+        upstream, pool, outbound(server, b"/b", method=b"PUT", body=b"payload")
     )
     assert resp.status == 200 and b'"body": "payload"' in body
     assert [(r.conn, r.method, r.target) for r in server.requests] == [
         (1, "GET", "/a"),
-        (1, "POST", "/b"),
-        (2, "POST", "/b"),
+        (1, "PUT", "/b"),
+        (2, "PUT", "/b"),
     ]
     assert server.requests[2].body == b"payload"
+
+
+async def test_stale_pooled_connection_is_not_replayed_for_a_post(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    """The target may have processed the POST before it closed (RFC 9110 §9.2.2): 502,
+    never a second copy."""
+    server = await servers(handler=_answer_once_then_drop_the_next)
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server, b"/a"))
+    with pytest.raises(UpstreamUnavailable) as info:
+        await send(upstream, pool, outbound(server, b"/b", method=b"POST", body=b"payload"))
+    assert info.value.kind == "protocol"
+    assert [(r.conn, r.method, r.target) for r in server.requests] == [
+        (1, "GET", "/a"),
+        (1, "POST", "/b"),
+    ]
+
+
+async def test_stale_pooled_connection_is_replayed_for_a_post_with_an_idempotency_key(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    server = await servers(handler=_answer_once_then_drop_the_next)
+    pool = pool_for(upstream, server)
+    await exchange(upstream, pool, outbound(server, b"/a"))
+    request = outbound(server, b"/b", method=b"POST", body=b"payload")
+    request.headers.append((b"Idempotency-Key", b"k-1"))
+    resp, _ = await exchange(upstream, pool, request)
+    assert resp.status == 200
+    assert [(r.conn, r.target) for r in server.requests] == [(1, "/a"), (1, "/b"), (2, "/b")]
 
 
 async def test_stale_pooled_connection_is_not_replayed_for_a_streamed_request(

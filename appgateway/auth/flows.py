@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ MAX_LIFETIME_S = 10 * 365 * 86400.0
 """A larger `expires_in` is treated as this, so that absurd values cannot overflow a float."""
 
 _UNMARSHAL = "failed to unmarshal token response body: "
+
+_HEADER_SAFE = re.compile(r"[^\x00-\x1f\x7f]+")
+"""No control characters: a token goes out in a header field (UTF-8 text is relayed)."""
 
 _WIRE_SAFE = string.punctuation
 """Configured URLs go out as written; only spaces, controls and non-ASCII are escaped."""
@@ -151,6 +155,10 @@ def parse_token_response(url: str, status: int, body: bytes) -> tuple[str, int |
         raise FlowError(_UNMARSHAL + "access_token is not a string")
     if not token:
         raise FlowError(_UNMARSHAL + "access_token is empty")
+    if not _HEADER_SAFE.fullmatch(token):
+        # It goes into `Authorization: Bearer ...`: a CR or LF there would be a header
+        # injection, and the request could never be sent (nor should the token be cached).
+        raise FlowError(_UNMARSHAL + "access_token has characters not allowed in a header")
     if "expires_in" not in data:
         return token, None
     expires_in = data["expires_in"]

@@ -101,6 +101,11 @@ class ServiceDoc:
     entries: tuple[EntryDoc, ...]
 
 
+CONFINE_PATH = "appgateway.io/confine-path"
+"""Application annotation: "true" answers 400 to a request whose path would resolve outside
+each API's target base path (a dot-segment is otherwise forwarded as sent, as in Kyma)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppDoc:
     location: str
@@ -108,6 +113,7 @@ class AppDoc:
     skip_verify: bool
     encode_url: bool
     services: tuple[ServiceDoc, ...]
+    confine_path: bool = False
 
     @property
     def kind(self) -> str:
@@ -401,6 +407,7 @@ def _metadata(doc: dict[object, object], f: _Fields) -> tuple[str, str | None]:
 def _application(doc: dict[object, object], location: str, name: str, out: _Output) -> None:
     f = _Fields()
     _metadata(doc, f)
+    confine_path = _confine_path(doc, f)
     spec = f.mapping(doc, "spec", "spec")
     skip_verify = f.boolean(spec, "skipVerify", "spec.skipVerify", False)
     encode_url = f.boolean(spec, "encodeUrl", "spec.encodeUrl", True)
@@ -412,7 +419,25 @@ def _application(doc: dict[object, object], location: str, name: str, out: _Outp
     if f.errors:
         _reject(out, location, APPLICATION, "", name, f.errors)
         return
-    out.objects.append(AppDoc(location, name, skip_verify, encode_url, tuple(services)))
+    out.objects.append(
+        AppDoc(location, name, skip_verify, encode_url, tuple(services), confine_path)
+    )
+
+
+def _confine_path(doc: dict[object, object], f: _Fields) -> bool:
+    """The opt-in CONFINE_PATH annotation: "true" or "false". Anything else is an error, as
+    a security setting that silently does nothing would be worse than a rejected object."""
+    metadata = doc.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(annotations, dict):
+        return False
+    value = annotations.get(CONFINE_PATH)
+    if value is None or value == "false":
+        return False
+    if value != "true":
+        f.fail(f"metadata.annotations[{CONFINE_PATH}]", 'must be "true" or "false"')
+        return False
+    return True
 
 
 def _service(raw: object, field: str, f: _Fields) -> ServiceDoc | None:

@@ -261,6 +261,7 @@ class _Resolver:
             params=params,
             skip_verify=self.app.skip_verify,
             encode_url=self.app.encode_url,
+            confine_path=self.app.confine_path,
         )
 
     def _secret(self, name: str, field: str, prefix: str) -> SecretDoc:

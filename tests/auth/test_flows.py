@@ -11,6 +11,7 @@ from appgateway.model import ClientCert, Headers, OAuth, OAuthMTLS
 
 CT = (b"Content-Type", b"application/x-www-form-urlencoded")
 CERT = ClientCert(crt_pem=b"crt-pem", key_pem=b"key-pem", fingerprint="f")
+NOT_HEADER_SAFE = "access_token has characters not allowed in a header"
 UNMARSHAL = "failed to unmarshal token response body: "
 
 
@@ -190,6 +191,10 @@ def test_parse_token_response(body: bytes, expected: tuple[str, int | None]) -> 
         (200, b'{"access_token":5}', UNMARSHAL + "access_token is not a string"),
         (200, b'{"access_token":["a"]}', UNMARSHAL + "access_token is not a string"),
         (200, b'{"access_token":""}', UNMARSHAL + "access_token is empty"),
+        (200, b'{"access_token":"a\\r\\nX-Injected: 1"}', UNMARSHAL + NOT_HEADER_SAFE),
+        (200, b'{"access_token":"a\\u0000b"}', UNMARSHAL + NOT_HEADER_SAFE),
+        (200, b'{"access_token":"a\\u007fb"}', UNMARSHAL + NOT_HEADER_SAFE),
+        (200, b'{"access_token":"a\\tb"}', UNMARSHAL + NOT_HEADER_SAFE),
         (
             200,
             b'{"access_token":"a","expires_in":"3600"}',

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -168,8 +169,10 @@ Handler = Callable[[RawConnection], None]
 class RawServer:
     """A TCP listener on 127.0.0.1 running `handler` in a thread per connection."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
+        """Server-side TLS: the same faults, written inside a TLS session."""
         self.connections: list[RawConnection] = []
         self.requests: list[RawRequest] = []
         self.malformed: list[bytes] = []
@@ -187,7 +190,7 @@ class RawServer:
 
     @property
     def base(self) -> str:
-        return f"http://{self.authority}"
+        return f"{'https' if self.tls else 'http'}://{self.authority}"
 
     def start(self) -> RawServer:
         if not self._acceptor.is_alive():
@@ -246,6 +249,13 @@ class RawServer:
 
     def _run(self, conn: RawConnection) -> None:
         try:
+            if self.tls is not None:
+                conn.sock.settimeout(5)
+                try:
+                    conn.sock = self.tls.wrap_socket(conn.sock, server_side=True)
+                except (OSError, ssl.SSLError):
+                    return
+                conn.sock.settimeout(POLL)
             self.handler(conn)
         except PeerGone:
             pass
@@ -369,6 +379,78 @@ def _hang(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
     return False
 
 
+FORGED = response(200, [("X-Forged", "1")], b"FORGED")
+"""What a hostile target glues behind its real answer, hoping it is read as the next one."""
+
+
+def _glued(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """A complete answer and a second response in the same write; keep-alive offered, so a
+    gateway that pools the connection would read FORGED as the answer to its next request.
+    (To a HEAD, even "first" is surplus: a HEAD answer has no body.)"""
+    conn.send(response(200, [("X-First", "1")], b"first") + FORGED)
+    return True
+
+
+def _trailing_garbage(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    conn.send(response(200, [("X-First", "1")], b"first") + b"\x00\x01garbage\r\n\r\n")
+    return True
+
+
+def _bodyless_surplus(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """A 204 (no body by definition) followed by body-like bytes and a second response."""
+    conn.send(b"HTTP/1.1 204 No Content\r\nX-First: 1\r\n\r\nsurplus" + FORGED)
+    return True
+
+
+def _trailers(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """A chunked body whose trailer section names fields a caller must never see as headers."""
+    conn.send(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer-Secret\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer-Secret: t1\r\nSet-Cookie: evil=1\r\n\r\n"
+    )
+    return True
+
+
+def _te_gzip(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """`Transfer-Encoding: gzip` without chunked: the body runs until the connection closes
+    (RFC 9112 §6.3), and it is still gzip-coded."""
+    conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + GZIP_BODY)
+    return False
+
+
+GZIP_BODY = bytes(range(256)) * 40 + b"0\r\n\r\n" + b"\x1f\x8b-the-end"
+"""Arbitrary bytes, with a chunked terminator inside: nothing may be taken for framing."""
+
+
+def _close_delimited(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """No Content-Length, not chunked: the body ends when the connection does. `args[0]`
+    says how: `notify` (TLS close_notify first), `fin` (a bare TCP FIN)."""
+    conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"d" * 10000)
+    time.sleep(0.2)
+    sock = conn.sock
+    if isinstance(sock, ssl.SSLSocket) and args[:1] == ["notify"]:
+        conn.sock = sock.unwrap()
+    else:
+        sock.shutdown(socket.SHUT_WR)  # a TLS socket sends no close_notify here
+    time.sleep(0.2)
+    return False
+
+
+def _reason_del(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    """An unregistered status (its reason phrase would be relayed) with a DEL in the reason."""
+    conn.send(b"HTTP/1.1 299 Fine\x7fX\r\nContent-Length: 2\r\n\r\nok")
+    return True
+
+
+HUGE_LOCATION = "/" + "../" * 340_000
+"""1 MB: a quadratic dot-segment removal spends seconds on it."""
+
+
+def _huge_location(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
+    conn.send(response(302, [("Location", HUGE_LOCATION)]))
+    return True
+
+
 def _status(conn: RawConnection, req: RawRequest, args: list[str]) -> bool:
     body = json.dumps({"error": "server_error", "status": args[0]}).encode()
     conn.send(response(int(args[0]), [("Content-Type", "application/json")], body))
@@ -381,6 +463,9 @@ TOKEN_BODIES: dict[str, bytes] = {
         {"token_type": "bearer", "expires_in": 60, "id": "tok-SECRET-2"}
     ).encode(),
     "emptyaccess": json.dumps({"access_token": "", "expires_in": 60}).encode(),
+    "crlf": json.dumps(
+        {"access_token": "tok-SECRET-3\r\nX-Injected: 1", "expires_in": 60}
+    ).encode(),
 }
 
 
@@ -410,6 +495,14 @@ FAULTS: dict[str, FaultFn] = {
     "drop-next": _drop_next,
     "hang": _hang,
     "status": _status,
+    "glued": _glued,
+    "trailing-garbage": _trailing_garbage,
+    "bodyless-surplus": _bodyless_surplus,
+    "trailers": _trailers,
+    "te-gzip": _te_gzip,
+    "close-delimited": _close_delimited,
+    "reason-del": _reason_del,
+    "huge-location": _huge_location,
     "token-body": _token_body,
     "redirect": _redirect,
 }
@@ -439,8 +532,8 @@ def serve_ok(conn: RawConnection) -> None:
         conn.send(OK_HEAD if req.method == "HEAD" else OK)
 
 
-def fault_server() -> RawServer:
-    return RawServer(serve_faults).start()
+def fault_server(tls: ssl.SSLContext | None = None) -> RawServer:
+    return RawServer(serve_faults, tls).start()
 
 
 def recorder() -> RawServer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,16 @@ from tests.e2e.conftest import (
     wait_until,
     write_manifest,
 )
-from tests.e2e.faulty import RawServer, crash_signs, fault_server, metric, recorder
+from tests.e2e.credentials_api import issue, make_ca
+from tests.e2e.faulty import (
+    GZIP_BODY,
+    HUGE_LOCATION,
+    RawServer,
+    crash_signs,
+    fault_server,
+    metric,
+    recorder,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -77,9 +87,20 @@ class Env:
     faults: RawServer
     decoy: RawServer
     upstream: MockUpstream
+    tls_faults: RawServer
 
 
-def registry(upstream: str, faults: str, decoy_port: int) -> list[Doc]:
+def tls_server_context(folder: Path) -> ssl.SSLContext:
+    """A server certificate made now; the gateway reaches it with skipVerify."""
+    pair = issue(make_ca("appgateway fault CA"), "127.0.0.1", server=True)
+    chain = folder / "fault-server.pem"
+    chain.write_text(pair.crt_pem + pair.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(chain)
+    return ctx
+
+
+def registry(upstream: str, faults: str, decoy_port: int, tls_faults: str = "") -> list[Doc]:
     def oauth(path: str, secret_name: str = "oauth-creds") -> Doc:
         return {"type": "OAuth", "secretName": secret_name, "authenticationUrl": faults + path}
 
@@ -91,8 +112,20 @@ def registry(upstream: str, faults: str, decoy_port: int) -> list[Doc]:
         }
 
     redirect = f"/redirect/{decoy_port}"
+    tls = application("tls", [service("faults", [api(tls_faults)])])
+    tls["spec"]["skipVerify"] = True
     return [
         application("ok", [service("mock", [api(upstream)])]),
+        tls,
+        application(
+            "basic",
+            [
+                service(
+                    "faults",
+                    [api(faults, credentials={"type": "Basic", "secretName": "basic-creds"})],
+                )
+            ],
+        ),
         application(
             "t",
             [
@@ -111,6 +144,7 @@ def registry(upstream: str, faults: str, decoy_port: int) -> list[Doc]:
                     ("badjson", "/token-body/badjson"),
                     ("noaccess", "/token-body/noaccess"),
                     ("emptyaccess", "/token-body/emptyaccess"),
+                    ("crlf", "/token-body/crlf"),
                     ("redirect", redirect),
                 )
             ],
@@ -162,15 +196,22 @@ def module_env(
     upstream_server: MockUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
     folder: Path = tmp_path_factory.mktemp("faults")
-    with fault_server() as faults, recorder() as decoy, gateway_factory_for(folder) as make:
-        docs = registry(upstream_server.base, faults.base, decoy.port)
-        yield Env(make(docs, ARGS), faults, decoy, upstream_server)
+    tls = tls_server_context(folder)
+    with (
+        fault_server() as faults,
+        fault_server(tls) as tls_faults,
+        recorder() as decoy,
+        gateway_factory_for(folder) as make,
+    ):
+        docs = registry(upstream_server.base, faults.base, decoy.port, tls_faults.base)
+        yield Env(make(docs, ARGS), faults, decoy, upstream_server, tls_faults)
 
 
 @pytest.fixture
 def env(module_env: Env, upstream: MockUpstream) -> Iterator[Env]:
     """The shared gateway; after the test, it must still be healthy (no crash, hang or leak)."""
     module_env.faults.reset()
+    module_env.tls_faults.reset()
     module_env.decoy.reset()
     yield module_env
     assert_healthy(module_env.gateway, "/ok/mock/after-fault")
@@ -338,6 +379,191 @@ def test_huge_request_header_gives_431_in_bounded_memory(
     assert_healthy(gateway, "/ok/mock/after-fault")
 
 
+# -- hostile targets (hardening) ----------------------------------------------------------------
+
+
+def faults_of(env: Env, base: str) -> RawServer:
+    return env.tls_faults if base.startswith("/tls/") else env.faults
+
+
+def assert_connection_dropped(faults: RawServer, needle: str) -> None:
+    (seen,) = faults.matching(needle)
+    conn = faults.connection_of(seen)
+    assert wait_until(lambda: conn.gone_at is not None, 3) is not None, "connection kept"
+
+
+@pytest.mark.parametrize("base", ["/t/faults", "/tls/faults"], ids=["http", "https"])
+@pytest.mark.parametrize(
+    ("fault", "method", "status", "body"),
+    [
+        ("glued", "GET", 200, b"first"),
+        ("glued", "HEAD", 200, b""),
+        ("trailing-garbage", "GET", 200, b"first"),
+        ("bodyless-surplus", "GET", 204, b""),
+    ],
+)
+def test_bytes_after_a_response_never_reach_any_caller(
+    env: Env, base: str, fault: str, method: str, status: int, body: bytes
+) -> None:
+    """A target that writes past the end of its response (a second response, or garbage)
+    must not change this answer nor become the answer to anyone's next request: the caller
+    gets the first response intact, and the connection is dropped, never pooled."""
+    faults = faults_of(env, base)
+    with Client(env.gateway.proxy_port) as client:
+        first = client.request(method, f"{base}/{fault}/1")
+        assert (first.status, first.body) == (status, body)
+        assert first.header("x-first") == "1"
+        assert first.header("x-forged") is None
+        # The next request on this caller connection goes to another API...
+        other = client.request("GET", "/ok/mock/next-api")
+        assert (other.status, other.header("x-forged")) == (200, None)
+        assert env.upstream.matching("/next-api"), "the real target was not called"
+        # ...and the next one to the same target travels on a new target connection.
+        again = client.request("GET", f"{base}/ok/again")
+        assert (again.status, again.body, again.header("x-forged")) == (200, b"ok", None)
+    (glued,) = faults.matching(f"/{fault}/1")
+    (ok,) = faults.matching("/ok/again")
+    assert ok.conn != glued.conn
+    assert_connection_dropped(faults, f"/{fault}/1")
+
+
+def test_response_trailers_never_become_headers(env: Env) -> None:
+    response = request(env.gateway.proxy_port, "GET", "/t/faults/trailers")
+    assert (response.status, response.body) == (200, b"hello")
+    names = {name.lower() for name, _ in response.headers}
+    assert not names & {"x-trailer-secret", "set-cookie", "trailer"}, response.headers
+
+
+def test_request_trailers_never_become_headers(env: Env) -> None:
+    """An Access-Token sent as a trailer, in the same read as the head, replaced the Basic
+    credentials at the target: fields after the header block never join the headers."""
+    with Client(env.gateway.proxy_port) as client:
+        client.send(
+            b"POST /basic/faults/ok/trailer HTTP/1.1\r\nHost: h\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+            b"Access-Token: Bearer caller-token\r\nX-Trailer: 1\r\n\r\n"
+        )
+        response = client.read_response()
+    assert response.status == 200
+    (seen,) = env.faults.matching("/trailer")
+    assert seen.body == b"hello"
+    assert (
+        seen.value("authorization")
+        == "Basic " + base64.b64encode(f"user-1:{PASSWORD}".encode()).decode()
+    )
+    assert seen.value("access-token") is None
+    assert seen.value("x-trailer") is None
+
+
+@pytest.mark.parametrize("body", [None, b"payload"], ids=["no-body", "buffered-body"])
+def test_post_is_not_replayed_when_a_pooled_connection_drops_it(
+    env: Env, body: bytes | None
+) -> None:
+    """The target got the whole POST on a reused connection and closed without answering:
+    it may have processed it, so the caller gets 502 rather than a second copy sent."""
+    with Client(env.gateway.proxy_port) as client:
+        assert client.request("GET", "/t/faults/drop-next/0").status == 200
+        response = client.request("POST", "/t/faults/drop-next/1", body=body)
+    assert (response.status, response.body) == (502, b"")
+    assert len(env.faults.matching("/drop-next/1")) == 1
+
+
+def test_idempotent_request_is_replayed_when_a_pooled_connection_drops_it(env: Env) -> None:
+    with Client(env.gateway.proxy_port) as client:
+        assert client.request("GET", "/t/faults/drop-next/0").status == 200
+        response = client.request("PUT", "/t/faults/drop-next/1", body=b"payload")
+    assert (response.status, response.body) == (200, b"ok")
+    assert [r.index for r in env.faults.matching("/drop-next/1")] == [1, 0]
+
+
+def test_non_chunked_transfer_coding_is_relayed_whole(env: Env) -> None:
+    """`Transfer-Encoding: gzip` alone means "read until close": all of it reaches the
+    caller, still marked gzip (the gateway never decodes)."""
+    response = request(env.gateway.proxy_port, "GET", "/t/faults/te-gzip")
+    assert response.status == 200
+    assert response.header("transfer-encoding") == "gzip, chunked"
+    assert response.body == GZIP_BODY
+
+
+def test_non_chunked_transfer_coding_to_an_http10_caller_is_502(env: Env) -> None:
+    with Client(env.gateway.proxy_port) as client:
+        client.send(b"GET /t/faults/te-gzip HTTP/1.0\r\n\r\n")
+        answer = client.read_to_eof()
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:100]
+
+
+def test_control_bytes_in_a_reason_phrase_are_not_relayed(env: Env) -> None:
+    with Client(env.gateway.proxy_port) as client:
+        client.send(b"GET /t/faults/reason-del HTTP/1.1\r\nHost: h\r\n\r\n")
+        client.sock.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += client.sock.recv(4096)
+    assert data.split(b"\r\n", 1)[0] == b"HTTP/1.1 299 Unknown"
+
+
+def test_megabyte_location_does_not_stall_the_gateway(env: Env) -> None:
+    """A 1 MB `../` Location kept the event loop busy for 11-14 s (every API stalled).
+    Now it is relayed untouched (over 8 KiB) at once, and health answers meanwhile."""
+    done: list[float] = []
+
+    def health() -> None:
+        time.sleep(0.05)
+        start = time.monotonic()
+        request(env.gateway.admin_port, "GET", "/v1/health", timeout=10)
+        done.append(time.monotonic() - start)
+
+    prober = threading.Thread(target=health)
+    prober.start()
+    response, took = timed(env.gateway.proxy_port, "/t/faults/huge-location")
+    prober.join(15)
+    assert response.status == 302
+    assert response.header("location") == HUGE_LOCATION
+    assert took < 3, took
+    assert done and done[0] < 2, done
+
+
+def test_token_with_crlf_is_never_cached(env: Env) -> None:
+    """A token the gateway can never send is a token error (502), fetched afresh each time."""
+    for _ in range(2):
+        response = request(env.gateway.proxy_port, "GET", "/tok/crlf/x")
+        assert response.status == 502
+        assert response.json()["error"] == (
+            "failed to unmarshal token response body: "
+            "access_token has characters not allowed in a header"
+        )
+        assert_no_secret(response)
+    assert len(env.faults.matching("/token-body/crlf")) == 2
+    assert_nothing_reached(env.upstream, "/tok-target")
+
+
+def test_close_delimited_tls_body_with_close_notify_is_complete(env: Env) -> None:
+    response = request(env.gateway.proxy_port, "GET", "/tls/faults/close-delimited/notify")
+    assert (response.status, response.body) == (200, b"d" * 10000)
+
+
+def test_close_delimited_tls_body_cut_by_a_bare_fin_is_cut(env: Env) -> None:
+    """RFC 9112 §9.8: a body that ends with the connection is complete only after a TLS
+    closure alert. A bare FIN may be an attacker's truncation: the caller's response is cut
+    (no last chunk), and the access line says why."""
+    with Client(env.gateway.proxy_port) as client:
+        client.send(b"GET /tls/faults/close-delimited/fin HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, headers = client.read_head()
+        rest = client.read_to_eof()
+    assert status == 200
+    assert ("Transfer-Encoding", "chunked") in headers
+    assert not rest.endswith(b"0\r\n\r\n")
+    line = env.gateway.wait_log(
+        lambda doc: doc.get("msg") == "request" and "close-delimited/fin" in str(doc.get("path"))
+    )
+    assert line is not None and "truncated" in str(line.get("error")), line
+
+
+def test_close_delimited_plain_body_ends_with_fin(env: Env) -> None:
+    response = request(env.gateway.proxy_port, "GET", "/t/faults/close-delimited/fin")
+    assert (response.status, response.body) == (200, b"d" * 10000)
+
+
 # -- token and CSRF endpoint faults ----------------------------------------------------------
 
 
@@ -364,6 +590,7 @@ def token_error(env: Env, service_name: str) -> tuple[str, float] | None:
         "/tok/badjson/x",
         "/tok/noaccess/x",
         "/tok/emptyaccess/x",
+        "/tok/crlf/x",
         "/tok/redirect/x",
         "/csrf/s500/x",
         "/csrf/hang/x",

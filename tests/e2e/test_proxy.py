@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -525,15 +526,24 @@ def test_outbound_header_filtering(gateway: Gateway, upstream: MockUpstream) -> 
         ("X-Dup", "1"),
         ("x-dup", "2"),
         ("Accept-Language", "en"),
+        ("Via", gateway_via(got.values("via"))),
     ]
+
+
+def gateway_via(values: list[str]) -> str:
+    """The one Via entry the gateway adds (loop detection), naming this process."""
+    (via,) = values
+    assert re.fullmatch(r"1\.1 appgateway-[0-9a-f]{12}", via), via
+    return via
 
 
 def test_no_default_headers_added(gateway: Gateway, upstream: MockUpstream) -> None:
     response = request(gateway.proxy_port, "GET", "/enc-true/s/plain")
     assert response.status == 200
     got = received(upstream)
-    # Host, and the request id the gateway generates when the caller sent none.
-    assert sorted(n for n in got.names() if n != "connection") == ["host", "x-request-id"]
+    # Host, the request id the gateway generates when the caller sent none, and its Via.
+    assert sorted(n for n in got.names() if n != "connection") == ["host", "via", "x-request-id"]
+    gateway_via(got.values("via"))
 
 
 def test_post_body_framed_with_content_length(gateway: Gateway, upstream: MockUpstream) -> None:
