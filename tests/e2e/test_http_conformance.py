@@ -73,6 +73,11 @@ MALFORMED = {
     "malformed-request-line": b"GARBAGE\r\n\r\n",
     "request-line-without-version": b"GET /conf/echo/x\r\nHost: h\r\n\r\n",
     "space-in-header-name": b"GET /conf/echo/x HTTP/1.1\r\nHost: h\r\nX A: 1\r\n\r\n",
+    # RFC 9112 §3.2: exactly one Host in HTTP/1.1 (two parsers could pick different APIs).
+    "two-hosts": b"GET /conf/echo/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "same-host-twice": b"GET /conf/echo/x HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    "no-host": b"GET /conf/echo/x HTTP/1.1\r\nX-A: 1\r\n\r\n",
+    "two-hosts-http10": b"GET /conf/echo/x HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
 }
 
 
@@ -158,6 +163,49 @@ def test_pipelined_requests_answered_in_order(client: Client, upstream: MockUpst
     targets = [client.read_response().json()["target"] for _ in range(3)]
     assert targets == ["/first", "/second", "/third"]
     assert upstream.only("/second").body == b"abc"
+
+
+def test_thousands_of_pipelined_requests_are_all_answered(
+    gateway: Gateway, upstream: MockUpstream
+) -> None:
+    """3,000 small GETs in one burst (135 KB): the 64 KiB head limit is per head, not per
+    read, so none of them gets a 431."""
+    count = 3000
+    raw = b"".join(
+        b"GET /conf/echo/p%05d HTTP/1.1\r\nHost: h\r\nX-N: 1\r\n\r\n" % i for i in range(count)
+    )
+    assert len(raw) > 2 * 64 * 1024
+    with Client(gateway.proxy_port, timeout=30) as conn:
+        conn.send(raw)
+        targets = [conn.read_response().json()["target"] for _ in range(count)]
+    assert targets == [f"/p{i:05d}" for i in range(count)]
+
+
+def test_http10_body_with_transfer_encoding_closes_after_the_answer(
+    client: Client, upstream: MockUpstream
+) -> None:
+    """RFC 9112 §6.1: a server that gets Transfer-Encoding in an HTTP/1.0 request must
+    close the connection after its answer, keep-alive or not."""
+    client.send(
+        b"POST /conf/echo/te10 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    response = client.read_response("POST")
+    assert response.status == 200
+    assert response.header("connection") == "close"
+    assert client.closed_within(2)
+
+
+def test_http10_without_host_is_accepted(client: Client, upstream: MockUpstream) -> None:
+    client.send(b"GET /conf/echo/nohost10 HTTP/1.0\r\n\r\n")
+    assert client.read_response().status == 200
+    assert upstream.only("/nohost10").method == "GET"
+
+
+def test_fragment_is_never_forwarded(client: Client, upstream: MockUpstream) -> None:
+    response = client.request("GET", ECHO + "/frag?q=1#private-part")
+    assert response.status == 200
+    assert upstream.only("/frag").target == "/frag?q=1"
 
 
 def test_interim_responses_are_not_relayed(client: Client, upstream: MockUpstream) -> None:
