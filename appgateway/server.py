@@ -21,12 +21,16 @@ from appgateway import http1
 from appgateway.errors import BadRequest, BodyTooSlow, GatewayError
 from appgateway.headers import lower_name
 from appgateway.model import Headers
-from appgateway.upstream import as_protocol, timeout_waiter
+from appgateway.upstream import READ_SIZE, as_protocol, timeout_waiter
 
 log: Final = logging.getLogger("appgateway.server")
 
 MAX_HEAD: Final = 64 * 1024
-HIGH_WATER: Final = 64 * 1024
+HIGH_WATER: Final = 16 * 1024
+"""Request-body bytes buffered before reading from the caller pauses."""
+WRITE_HIGH_WATER: Final = 32 * 1024
+"""Bytes waiting for a caller before the relay stops reading from the target. With the
+reads of `READ_SIZE`, a download the caller stalls holds some tens of KiB here."""
 
 
 class ClientGone(Exception):
@@ -309,8 +313,11 @@ class ClientConnection:
         tracker: ConnectionTracker,
         fast: FastHandler | None = None,
         body_min_rate: int = 0,
+        read_buffer: memoryview | None = None,
     ) -> None:
         self.loop = loop
+        # Shared by the listener's connections: each read is parsed before the next one.
+        self.read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
         self.body_min_rate = body_min_rate
         self.handler = handler
         self.fast = fast
@@ -350,9 +357,16 @@ class ClientConnection:
             transport.write(_TOO_MANY)  # type: ignore[attr-defined]
             transport.close()
             return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         self._arm_head_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._broken:
             return
         try:
@@ -374,8 +388,8 @@ class ClientConnection:
             if self._in_head:
                 self._head_bytes += len(data)
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
         except httptools.HttpParserError as exc:
             # httptools wraps exceptions raised in callbacks; ours leave their reason here.
             rejected = self._rejected
@@ -573,7 +587,7 @@ class ClientConnection:
         self.resume_reading()
         self._arm_head_timer()
 
-    def _upgrade(self, rest: bytes) -> None:
+    def _upgrade(self) -> None:
         """Upgrade and CONNECT are refused: no tunnels.
 
         An `Upgrade` GET is proxied as a plain request (the header is hop-by-hop and is
@@ -744,6 +758,8 @@ async def serve(
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
+    read_buffer = memoryview(bytearray(READ_SIZE))
+
     def factory() -> asyncio.Protocol:
         conn = ClientConnection(
             loop,
@@ -753,6 +769,7 @@ async def serve(
             tracker=tracker,
             fast=fast,
             body_min_rate=body_min_rate,
+            read_buffer=read_buffer,
         )
         return as_protocol(conn)
 

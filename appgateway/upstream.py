@@ -24,7 +24,10 @@ from appgateway.headers import lower_name
 from appgateway.model import Headers, Target
 from appgateway.proxy import ProxyConfig
 
-HIGH_WATER: Final = 64 * 1024
+HIGH_WATER: Final = 16 * 1024
+READ_SIZE: Final = 32 * 1024
+"""Most bytes one socket read hands over. uvloop's own reads take up to 256 KB at a time,
+and a stalled caller then holds that whole read in its write buffer."""
 MAX_RESPONSE_HEAD: Final = 1024 * 1024
 POOL_IDLE_SECONDS: Final = 60.0
 POOL_MAX_IDLE: Final = 256
@@ -115,9 +118,12 @@ class _Surplus(Exception):
 class UpstreamConnection:
     """One client connection to a target, parsing responses with llhttp."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pool: Pool, read_buffer: memoryview
+    ) -> None:
         self._loop = loop
         self.pool = pool
+        self._read_buffer = read_buffer  # shared: each read is parsed before the next one
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -213,7 +219,13 @@ class UpstreamConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.got_bytes = True
         if not self._expecting:
             # Bytes on an idle connection: the server is confused; never reuse it.
@@ -590,6 +602,9 @@ class Upstream:
         self._proxies = proxies
         self._pools: dict[PoolKey, Pool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        # One read buffer for every connection (asyncio's buffered-protocol reads): the
+        # parser copies what it keeps, so the next read may reuse it.
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     def pool(
         self, target: Target, verify: bool, fingerprint: str, ctx: ssl.SSLContext | None
@@ -756,7 +771,7 @@ class Upstream:
         proxy = None
         if self._proxies is not None:
             proxy = self._proxies.proxy_for(target.scheme, target.host, target.port)
-        conn = UpstreamConnection(loop, pool)
+        conn = UpstreamConnection(loop, pool, self._read_buffer)
         if proxy is None:
             await loop.create_connection(
                 lambda: as_protocol(conn),

@@ -16,6 +16,10 @@ from appgateway.errors import NotFound, UpstreamTimeout, UpstreamUnavailable
         (502, b"", b"HTTP/1.1 502 Bad Gateway\r\n"),
         (299, b"Custom", b"HTTP/1.1 299 Custom\r\n"),
         (299, b"", b"HTTP/1.1 299 Unknown\r\n"),
+        (299, b"Fine \xe9\ttab", b"HTTP/1.1 299 Fine \xe9\ttab\r\n"),  # obs-text, HTAB
+        (299, b"Fine\x7fX", b"HTTP/1.1 299 Unknown\r\n"),  # DEL
+        (299, b"a\x00b", b"HTTP/1.1 299 Unknown\r\n"),
+        (299, b"a\x1bb", b"HTTP/1.1 299 Unknown\r\n"),
     ],
 )
 def test_status_line(status: int, reason: bytes, line: bytes) -> None:
@@ -34,6 +38,10 @@ def test_status_line(status: int, reason: bytes, line: bytes) -> None:
         (
             {"content_length": 0, "chunked": False, "close": True},
             b"Content-Length: 0\r\nConnection: close\r\n",
+        ),
+        (
+            {"content_length": None, "chunked": True, "close": False, "codings": b"gzip"},
+            b"Transfer-Encoding: gzip, chunked\r\n",
         ),
     ],
 )
@@ -82,6 +90,44 @@ def test_transport_errors_have_empty_body(error: UpstreamUnavailable | UpstreamT
     assert body == b""
     assert b"Content-Length: 0" in head and b"Connection: close" in head
     assert b"Content-Type" not in head
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"chunked", (None, True)),
+        (b"Chunked", (None, True)),
+        (b"gzip, chunked", (b"gzip", True)),
+        (b"gzip,chunked", (b"gzip", True)),
+        (b"gzip", (b"gzip", False)),
+        (b"chunked, gzip", (b"chunked, gzip", False)),  # not final: read until close
+        (b"gzip,  deflate , chunked", (b"gzip, deflate", True)),
+        (b" , ", (None, False)),
+    ],
+)
+def test_split_transfer_codings(value: bytes, expected: tuple[bytes | None, bool]) -> None:
+    assert http1.split_transfer_codings(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        (b"GET", [], True),
+        (b"HEAD", [], True),
+        (b"OPTIONS", [], True),
+        (b"TRACE", [], True),
+        (b"PUT", [], True),
+        (b"DELETE", [], True),
+        (b"POST", [], False),
+        (b"PATCH", [], False),
+        (b"LOCK", [], False),
+        (b"POST", [(b"Idempotency-Key", b"k")], True),
+        (b"PATCH", [(b"x-idempotency-key", b"k")], True),
+        (b"POST", [(b"X-Idempotency", b"k")], False),
+    ],
+)
+def test_replayable(method: bytes, headers: list[tuple[bytes, bytes]], expected: bool) -> None:
+    assert http1.replayable(method, headers) is expected
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from appgateway.urls import (
     TargetURLError,
     canon,
     decode,
+    escapes_base,
     form_encode,
     is_valid,
     join,
@@ -390,3 +391,29 @@ def test_wire_path_always_sends_the_decoded_path(
     assert decode(wire) == expected
     if encode_url and rest not in (None, ""):
         assert wire == canon(expected)
+
+
+@pytest.mark.parametrize(
+    ("rest", "escapes"),
+    [
+        (None, False),
+        ("", False),
+        ("/orders/1", False),
+        ("/a/../b", False),
+        ("/a/./../b", False),
+        ("/a/b/../..", False),
+        ("/..", True),
+        ("/../admin", True),
+        ("/a/../../admin", True),
+        ("/%2e%2e/admin", True),
+        ("/%2E./admin", True),
+        ("/a%2f..%2f..%2fadmin", True),  # %2F decodes to a separator at some targets
+        ("/a/..\\..\\admin", True),  # and so does a backslash
+        ("/a//../..", True),
+        ("/...", False),
+        ("/..a/b", False),
+        ("/a/.", False),
+    ],
+)
+def test_escapes_base(rest: str | None, escapes: bool) -> None:
+    assert escapes_base(rest) is escapes

@@ -659,10 +659,17 @@ class Gateway:
 
     def rss_peak_kb(self) -> int:
         """Peak resident set size (VmHWM) of the gateway process."""
+        return self._status_kb("VmHWM:")
+
+    def rss_kb(self) -> int:
+        """Resident set size (VmRSS) of the gateway process now."""
+        return self._status_kb("VmRSS:")
+
+    def _status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc status")
+        raise AssertionError(f"no {key} in /proc status")
 
     def sigterm(self) -> None:
         assert self.proc is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -638,6 +639,158 @@ def test_caller_disconnects_mid_upload(env: Env) -> None:
     assert len(got) == 1, "the target's connection was not closed within 5 s"
     assert not got[0].complete
     assert got[0].body_len < total
+
+
+STALLED_CALLERS = 40
+STALLED_LIMIT_KB = 300
+"""Per download a caller stops reading: b0cd6fb held ~980 KB (a 256 KB read queued to the
+caller and 256 KB buffered from the target); bounded buffers hold some tens of KiB."""
+
+
+def test_stalled_downloads_hold_bounded_memory(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    gateway = gateway_factory(
+        [application("ok", [service("mock", [api(upstream.base)])])], ["--idle-timeout", "30"]
+    )
+    assert request(gateway.proxy_port, "GET", "/ok/mock/warm-up").status == 200
+    before = gateway.rss_kb()
+    callers: list[socket.socket] = []
+    try:
+        for _ in range(STALLED_CALLERS):
+            sock = socket.create_connection(("127.0.0.1", gateway.proxy_port))
+            sock.sendall(b"GET /ok/mock/download/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (50 << 20))
+            callers.append(sock)
+        assert wait_until(lambda: len(upstream.matching("/download/")) == STALLED_CALLERS, 10)
+        readings: list[int] = []
+        # Settled: the buffers along the way are full and nothing moves any more.
+        wait_until(lambda: len(readings) > 3 and readings[-1] == readings[-4], 10, 0.3)
+        readings.append(gateway.rss_kb())
+        while len(readings) < 4 or abs(readings[-1] - readings[-4]) > 512:
+            time.sleep(0.3)
+            readings.append(gateway.rss_kb())
+            assert len(readings) < 60, readings
+        per_download = (readings[-1] - before) / STALLED_CALLERS
+    finally:
+        for sock in callers:
+            sock.close()
+    assert per_download < STALLED_LIMIT_KB, f"{per_download:.0f} kB per stalled download"
+    assert_healthy(gateway, "/ok/mock/after-stall")
+
+
+def test_connections_over_the_cap_are_refused_and_counted(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    gateway = gateway_factory(
+        [application("ok", [service("mock", [api(upstream.base)])])],
+        ["--max-connections", "3", "--request-timeout", "30"],
+    )
+
+    def open_connections() -> float | None:
+        text = request(gateway.admin_port, "GET", "/metrics").body.decode()
+        return metric(text, "appgateway_open_connections")
+
+    held = [Client(gateway.proxy_port) for _ in range(3)]
+    try:
+        assert wait_until(lambda: open_connections() == 3, 5) is not None
+        with Client(gateway.proxy_port) as extra:
+            extra.send(b"GET /ok/mock/over HTTP/1.1\r\nHost: h\r\n\r\n")
+            refused = extra.read_response()
+            assert extra.closed_within(2)
+        assert refused.status == 503
+        assert refused.json() == {"code": 503, "error": "too many connections"}
+        assert upstream.matching("/over") == []
+        text = request(gateway.admin_port, "GET", "/metrics").body.decode()
+        assert metric(text, "appgateway_connections_refused_total") == 1
+        line = gateway.wait_log(lambda doc: "connection limit reached" in str(doc.get("msg")))
+        assert line is not None and line["level"] == "warn" and line["max_connections"] == 3
+        # The ones already open are served, and a freed place is taken again.
+        assert held[0].request("GET", "/ok/mock/held").status == 200
+        held.pop().close()
+        assert wait_until(lambda: open_connections() == 2, 5) is not None
+        assert request(gateway.proxy_port, "GET", "/ok/mock/again").status == 200
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_request_body_below_the_minimum_rate_gets_408(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    """1 byte every 0.3 s never trips the idle timeout, and would hold the connection (and,
+    streamed, a target connection) for as long as the caller likes: below --body-min-rate
+    for a --request-timeout of waiting, it gets 408 and both connections close."""
+    gateway = gateway_factory(
+        [application("ok", [service("mock", [api(upstream.base)])])],
+        ["--request-timeout", "1", "--body-min-rate", "100", "--retry-body-limit", "10"],
+    )
+    stop = threading.Event()
+    with Client(gateway.proxy_port) as client:
+        client.send(b"POST /ok/mock/slow-body HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n")
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.3):
+                    client.send(b"x")
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        start = time.monotonic()
+        try:
+            response = client.read_response("POST")
+            took = time.monotonic() - start
+        finally:
+            stop.set()
+            sender.join(5)
+        assert client.closed_within(2)
+    assert response.status == 408
+    assert response.json() == {"code": 408, "error": "request body slower than 100 bytes/s"}
+    assert 0.9 <= took < 4, took
+    # The body (over --retry-body-limit) was streaming: the target's connection is closed too.
+    (seen,) = upstream.wait_for("/slow-body", timeout=5)
+    assert not seen.complete
+
+
+def test_request_body_at_a_steady_rate_is_not_cut(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    gateway = gateway_factory(
+        [application("ok", [service("mock", [api(upstream.base)])])],
+        ["--request-timeout", "1", "--body-min-rate", "100"],
+    )
+    with Client(gateway.proxy_port) as client:
+        client.send(b"POST /ok/mock/steady HTTP/1.1\r\nHost: h\r\nContent-Length: 600\r\n\r\n")
+        for _ in range(12):  # 50 bytes every 0.2 s: 250 B/s for 2.4 s
+            client.send(b"y" * 50)
+            time.sleep(0.2)
+        response = client.read_response("POST")
+    assert response.status == 200
+    assert upstream.only("/steady").body == b"y" * 600
+
+
+def test_target_pointing_at_the_gateway_is_a_loop_not_a_storm(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    """A targetUrl that leads back to the gateway turned one request into ~2,000. The
+    gateway's Via entry makes the second pass a 508, which the first relays as a 5xx."""
+    gateway = gateway_factory([application("ok", [service("mock", [api(upstream.base)])])])
+    own = f"http://127.0.0.1:{gateway.proxy_port}/loop/self"
+    write_manifest(
+        gateway.registry, "loop.yaml", [application("loop", [service("self", [api(own)])])]
+    )
+    loaded = gateway.wait_log(
+        lambda doc: doc.get("msg") == "registry updated" and doc.get("applications") == 2, 10
+    )
+    assert loaded is not None
+    before = len(gateway.access_lines())
+    response = request(gateway.proxy_port, "GET", "/loop/self/x", timeout=10)
+    assert response.status == 502
+    assert response.header("target-system-status") == "508"
+    time.sleep(0.5)
+    passes = [
+        line for line in gateway.access_lines()[before:] if line.get("path") == "/loop/self/x"
+    ]
+    assert [line["status"] for line in passes] == [508, 502], passes
 
 
 def test_caller_disconnects_mid_download(env: Env) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -48,11 +49,14 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     folder: Path = tmp_path_factory.mktemp("path-safety")
     with recorder() as target, recorder() as decoy, gateway_factory_for(folder) as make:
+        confined = application("c", [service("s", [api(target.base + BASE)], id="t3")])
+        confined["metadata"]["annotations"] = {"appgateway.io/confine-path": "true"}
         docs = [
             application("p", [service("s", [api(target.base + BASE)], id="t1")]),
             application(
                 "q", [service("s", [api(target.base + BASE + "/")], id="t2")], encode_url=False
             ),
+            confined,
         ]
         args = ["--proxy-timeout", "2", "--request-timeout", "1"]
         yield Setup(make(docs, args), target, decoy)
@@ -233,3 +237,62 @@ def test_gateway_survived_the_property_run(setup: Setup) -> None:
     assert request(s.gateway.proxy_port, "GET", "/p/s/after").status == 200
     assert s.decoy.connections == []
     assert crash_signs(list(s.gateway.raw_lines)) == []
+
+
+# -- the opt-in confinement of an Application (annotation appgateway.io/confine-path) --------
+
+
+def confined_path(path: str) -> str:
+    """The path a target would serve: decoded once, `\\` and `/` as separators, dot segments
+    resolved (the most permissive reading any server might apply)."""
+    decoded = unquote(path.split("?", 1)[0]).replace("\\", "/")
+    out: list[str] = []
+    for segment in decoded.split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment not in ("", "."):
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(method=methods, parts=st.lists(segments, max_size=6))
+def test_confined_application_never_leaves_its_base_path(
+    setup: Setup, method: str, parts: list[str]
+) -> None:
+    s = setup
+    s.target.reset()
+    raw = raw_request(method, "/c/s/" + "/".join(parts), ["c-host"], s)
+    with Client(s.gateway.proxy_port, timeout=5) as client:
+        client.send(raw)
+        response = client.read_response(method)
+    assert response.status < 500, (raw, response.status, response.body)
+    for got in s.target.requests:
+        assert (confined_path(got.target) + "/").startswith(BASE + "/"), (raw, got.target)
+
+
+@pytest.mark.parametrize(
+    "rest", ["../admin", "a/../../admin", "%2e%2e/admin", "a%2f..%2f..%2fadmin", ".."]
+)
+def test_confined_application_refuses_a_path_above_its_base(setup: Setup, rest: str) -> None:
+    s = setup
+    s.target.reset()
+    with Client(s.gateway.proxy_port, timeout=5) as client:
+        client.send(b"GET /c/s/%s HTTP/1.1\r\nHost: h\r\n\r\n" % rest.encode())
+        response = client.read_response()
+    assert response.status == 400
+    assert response.json() == {"code": 400, "error": "request path leaves the API's base path"}
+    assert s.target.requests == []
+
+
+def test_unconfined_application_forwards_dot_segments_as_sent(setup: Setup) -> None:
+    """Kyma's behaviour, kept on purpose (README "Security"): the base path of a targetUrl
+    is no boundary unless the Application opts in."""
+    s = setup
+    s.target.reset()
+    with Client(s.gateway.proxy_port, timeout=5) as client:
+        client.send(b"GET /p/s/a/../../admin HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert client.read_response().status == 200
+    (got,) = s.target.requests
+    assert got.target == BASE + "/a/../../admin"
