@@ -556,6 +556,7 @@ class Pool:
         self._clock = clock
         self.ssl_context = ssl_context
         self.idle: deque[UpstreamConnection] = deque()
+        self.retired = False  # dropped by `Upstream.retain`: nothing is kept any more
 
     def acquire(self, now: float) -> UpstreamConnection | None:
         while self.idle:
@@ -567,7 +568,9 @@ class Pool:
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) >= POOL_MAX_IDLE:
+        if self.retired or len(self.idle) >= POOL_MAX_IDLE:
+            # A retired pool is never swept: a connection kept there (in flight when its
+            # client certificate rotated or its target moved) would stay open for good.
             conn.abort()
             return
         conn.idle_since = self._clock()
@@ -627,7 +630,9 @@ class Upstream:
         """Drop pools that no API of the current snapshot uses."""
         for key in list(self._pools):
             if key not in keys:
-                self._pools.pop(key).close_idle()
+                pool = self._pools.pop(key)
+                pool.retired = True
+                pool.close_idle()
 
     def close(self) -> None:
         if self._sweeper is not None:

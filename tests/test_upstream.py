@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +337,23 @@ async def test_retain_closes_pools_no_api_uses(servers: ServerFactory, upstream:
     await asyncio.sleep(0.05)
     assert server.closed_connections == 1
     assert pool_for(upstream, server) is not pool
+
+
+async def test_connection_in_flight_when_its_pool_is_dropped_is_closed_after(
+    servers: ServerFactory, upstream: Upstream
+) -> None:
+    """A registry change (rotated client certificate, moved target) drops a pool while a
+    request is on one of its connections: released afterwards, that connection is closed,
+    not kept in a pool nobody sweeps."""
+    server = await servers()
+    pool = pool_for(upstream, server)
+    response = await send(upstream, pool, outbound(server))
+    upstream.retain(set())
+    await body_of(response)
+    response.release()
+    assert pool.idle == deque()
+    await asyncio.sleep(0.05)
+    assert server.closed_connections == 1
 
 
 # -- responses ----------------------------------------------------------------------------------

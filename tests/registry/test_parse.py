@@ -565,3 +565,41 @@ def test_a_value_that_does_not_fit_its_tag_is_a_file_error(text: bytes) -> None:
     assert issue.severity == "error" and issue.location == "apps.yaml"
     assert issue.message == "invalid YAML: a value does not fit its explicit tag"
     assert result.objects == ()
+
+
+@pytest.mark.parametrize(
+    ("annotations", "confined", "issues"),
+    [
+        ("", False, []),
+        ("annotations: {other: x}", False, []),
+        ('annotations: {appgateway.io/confine-path: "true"}', True, []),
+        ('annotations: {appgateway.io/confine-path: "false"}', False, []),
+        (
+            "annotations: {appgateway.io/confine-path: true}",
+            False,
+            [
+                "a.yaml#1: Application/erp: metadata.annotations[appgateway.io/confine-path]: "
+                'must be "true" or "false"'
+            ],
+        ),
+        (
+            'annotations: {appgateway.io/confine-path: "yes"}',
+            False,
+            [
+                "a.yaml#1: Application/erp: metadata.annotations[appgateway.io/confine-path]: "
+                'must be "true" or "false"'
+            ],
+        ),
+    ],
+)
+def test_confine_path_annotation(annotations: str, confined: bool, issues: list[str]) -> None:
+    """An unusable value rejects the Application: a security setting that silently does
+    nothing would be worse than a missing API."""
+    text = (
+        "apiVersion: applicationconnector.kyma-project.io/v1alpha1\nkind: Application\n"
+        f"metadata:\n  name: erp\n  {annotations}\nspec: {{services: []}}\n"
+    )
+    result = parse("a.yaml", text)
+    assert [str(i) for i in result.issues] == issues
+    apps = [o for o in result.objects if isinstance(o, AppDoc)]
+    assert [app.confine_path for app in apps] == ([] if issues else [confined])
