@@ -49,6 +49,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    worker_crash_limit: int = 5
 
 
 def parse_bool(text: str) -> bool:
@@ -134,6 +135,11 @@ _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--shutdown-timeout", _duration, "drain time after SIGTERM"),
     ("--log-level", _level, "debug, info, warn or error"),
     ("--workers", _positive_int, "worker processes sharing the proxy listeners"),
+    (
+        "--worker-crash-limit",
+        _non_negative_int,
+        "with --workers: exit 1 when a worker crashes this often within 5 minutes (0: never)",
+    ),
 )
 
 
