@@ -680,6 +680,10 @@ class FaultProxy:
         body = status_body(status, reason, message)
         self.faults.append((match, times, body, as_event))
 
+    def clear_faults(self) -> None:
+        """Forget the faults not used up yet: requests reach the real server again."""
+        self.faults.clear()
+
     def drop_watches(self) -> int:
         """Cut every open watch connection mid-stream; the number cut."""
         count = 0
@@ -695,6 +699,10 @@ class FaultProxy:
         """End every open watch cleanly, as the server does when `timeoutSeconds` is up."""
         for _, end in self._watches.values():
             end.set()
+        return len(self._watches)
+
+    def open_watches(self) -> int:
+        """Watch connections relayed to the real server right now."""
         return len(self._watches)
 
     def watches(self, path: str) -> list[Seen]:
