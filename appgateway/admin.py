@@ -70,15 +70,21 @@ def make_admin_app(
     log_control: LogControlLike,
     metrics_text: Callable[[], Awaitable[bytes]] | Callable[[], bytes],
     set_level: Callable[[str], Awaitable[str]] | None = None,
+    unhealthy: Callable[[], str | None] | None = None,
 ) -> web.Application:
     """Build the admin application.
 
     `set_level`, when given, replaces `log_control.set_level` for `PUT /v1/loglevel` so the
     supervisor can fan the change out to its workers; it must raise `ValueError` for an
     unknown level and return the normalised name. `GET` always reads `log_control.level`.
+    `unhealthy`, when given, names why the process should be restarted (None: healthy), so
+    that `/v1/health` answers 503 and the liveness probe fails.
     """
 
     async def health(_request: web.Request) -> web.StreamResponse:
+        reason = unhealthy() if unhealthy is not None else None
+        if reason is not None:
+            return _json(503, render_json(503, reason))
         return web.Response(status=200)
 
     async def readiness(_request: web.Request) -> web.StreamResponse:

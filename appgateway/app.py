@@ -72,11 +72,23 @@ class Listeners:
     extra: list[Callable[[], None]] = field(default_factory=list)
 
 
-def make_registry(settings: Settings, stack_cleanup: list[Callable[[], None]]) -> Registry:
+def outbound_proxies() -> ProxyConfig:
+    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY, for every outbound call (the API server's too)."""
+    try:
+        return ProxyConfig.from_environment(environ_proxies())
+    except ValueError as exc:
+        raise ConfigurationError(f"HTTP_PROXY/HTTPS_PROXY: {exc}") from None
+
+
+def make_registry(
+    settings: Settings,
+    stack_cleanup: list[Callable[[], None]],
+    proxies: ProxyConfig | None = None,
+) -> Registry:
     if settings.kubernetes:
         from appgateway.registry.kubernetes import KubernetesRegistry
 
-        return KubernetesRegistry.from_settings(settings)
+        return KubernetesRegistry.from_settings(settings, proxies)
     path = settings.registry
     if path is None:
         folder = tempfile.TemporaryDirectory(prefix="appgateway-demo-")
@@ -126,15 +138,12 @@ class Gateway:
         cleanup: list[Callable[[], None]] = []
         async with AsyncExitStack() as stack:
             stack.callback(lambda: [fn() for fn in reversed(cleanup)])
-            registry = make_registry(settings, cleanup)
+            proxies = outbound_proxies()
+            registry = make_registry(settings, cleanup, proxies)
             self.registry = registry
             await registry.start()
             stack.push_async_callback(registry.stop)
 
-            try:
-                proxies = ProxyConfig.from_environment(environ_proxies())
-            except ValueError as exc:
-                raise ConfigurationError(f"HTTP_PROXY/HTTPS_PROXY: {exc}") from None
             tls = TlsContexts()
             upstream = Upstream(loop, proxies)
             stack.callback(upstream.close)

@@ -118,12 +118,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _load_snapshot(settings: Settings) -> object:
-    from appgateway.app import make_registry
+    from appgateway.app import make_registry, outbound_proxies
 
     cleanup: list[object] = []
+    proxies = outbound_proxies()
 
     async def load() -> object:
-        registry = make_registry(settings, cleanup)  # type: ignore[arg-type]
+        registry = make_registry(settings, cleanup, proxies)  # type: ignore[arg-type]
         await registry.start()
         try:
             return registry.snapshot()

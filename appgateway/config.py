@@ -51,6 +51,7 @@ class Settings:
     workers: int = 1
     body_min_rate: int = 1024
     max_connections: int = 4096
+    worker_crash_limit: int = 5
 
 
 def parse_bool(text: str) -> bool:
@@ -145,6 +146,11 @@ _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
         "--max-connections",
         _positive_int,
         "open caller connections per process on the proxy listeners; more are refused",
+    ),
+    (
+        "--worker-crash-limit",
+        _non_negative_int,
+        "with --workers: exit 1 when a worker crashes this often within 5 minutes (0: never)",
     ),
 )
 

@@ -5,6 +5,12 @@ connection to a worker), starts the workers as `appgateway worker` subprocesses 
 through APPGATEWAY_* variables, restarts any that die, and serves the admin listener: ready
 means every worker is ready, a log-level change reaches every worker, and /metrics merges
 the workers' counters. A worker watches its stdin and stops when the supervisor goes away.
+
+A worker that dies is restarted after a delay that doubles with each of its recent crashes
+(RESTART_BASE up to RESTART_CAP), so a worker that crashes at load does not keep the cores
+busy. When one worker crashes `--worker-crash-limit` times within CRASH_WINDOW, restarting is
+not helping: the supervisor reports unhealthy on /v1/health, stops the other workers and exits
+1, so the platform's restart policy (Kubernetes' CrashLoopBackOff) takes over and shows it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 
 import aiohttp
 import uvloop
@@ -23,12 +30,18 @@ from appgateway.admin import make_admin_app, start_admin
 from appgateway.app import StartupError
 from appgateway.config import Settings, settings_environment
 from appgateway.logs import LogControl
-from appgateway.metrics import merge_texts
+from appgateway.metrics import MetricsMerger
 
 log = logging.getLogger("appgateway.supervisor")
 
-RESTART_DELAY = 1.0
+RESTART_BASE = 1.0
+"""Seconds before restarting a worker after its first crash within CRASH_WINDOW."""
+RESTART_CAP = 30.0
+"""The longest restart delay (reached only with a crash limit above 6, or none)."""
+CRASH_WINDOW = 300.0
+"""Crashes older than this are forgotten: a worker that ran this long is healthy again."""
 POLL_INTERVAL = 0.5
+SCRAPE_TIMEOUT = 5.0
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -45,26 +58,69 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class CrashHistory:
+    """One worker slot's crashes within the window: they set the restart delay, and enough
+    of them mean the supervisor gives up."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window: float = CRASH_WINDOW,
+        base: float = RESTART_BASE,
+        cap: float = RESTART_CAP,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.base = base
+        self.cap = cap
+        self._times: deque[float] = deque()
+
+    def crashed(self, now: float) -> float:
+        """Record a crash at `now` (monotonic seconds); the delay before the next start."""
+        while self._times and now - self._times[0] >= self.window:
+            self._times.popleft()
+        self._times.append(now)
+        return min(self.cap, self.base * 2.0 ** min(len(self._times) - 1, 32))
+
+    @property
+    def count(self) -> int:
+        """Crashes within the window, as of the last `crashed`."""
+        return len(self._times)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the limit is reached (never with a limit of 0)."""
+        return 0 < self.limit <= len(self._times)
+
+
 class Worker:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, crash_limit: int) -> None:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.admin_port: int | None = None
         self.ready = False
+        self.crashes = CrashHistory(crash_limit)
 
 
 class Supervisor:
     def __init__(self, settings: Settings, control: LogControl) -> None:
         self.settings = settings
         self.control = control
-        self.workers = [Worker(i) for i in range(settings.workers)]
+        self.workers = [Worker(i, settings.worker_crash_limit) for i in range(settings.workers)]
         self.stopping = False
+        self.crash_loop = False
+        """Set when a worker reached the crash limit: unhealthy, and the exit status is 1."""
         self.stop_event = asyncio.Event()
         self.env: dict[str, str] = {}
         self.session: aiohttp.ClientSession | None = None
+        self.merger = MetricsMerger()
 
     def ready(self) -> bool:
         return not self.stopping and all(w.ready for w in self.workers)
+
+    def unhealthy(self) -> str | None:
+        return "worker crash loop" if self.crash_loop else None
 
     async def run(self) -> int:
         settings = self.settings
@@ -89,6 +145,7 @@ class Supervisor:
                 log_control=self.control,
                 metrics_text=self.metrics_text,
                 set_level=self.set_level,
+                unhealthy=self.unhealthy,
             )
             runner, admin_port = await start_admin(app, settings.host, settings.admin_port)
             keepers = [loop.create_task(self._keep(worker)) for worker in self.workers]
@@ -117,6 +174,9 @@ class Supervisor:
         finally:
             for sock in reserved:
                 sock.close()
+        if self.crash_loop:
+            log.error("stopped: a worker kept crashing", extra={"fields": {"exit_code": 1}})
+            return 1
         log.info("stopped")
         return 0
 
@@ -126,7 +186,9 @@ class Supervisor:
         self.stop_event.set()
 
     async def _keep(self, worker: Worker) -> None:
-        """Run one worker; restart it whenever it exits before shutdown."""
+        """Run one worker; restart it whenever it exits before shutdown, later each time it
+        keeps crashing, and give up (stopping the supervisor) at the crash limit."""
+        loop = asyncio.get_running_loop()
         while not self.stopping:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -146,11 +208,28 @@ class Supervisor:
             worker.admin_port = None
             if self.stopping:
                 return
+            delay = worker.crashes.crashed(loop.time())
+            fields: dict[str, object] = {
+                "worker": worker.index,
+                "exit_code": code,
+                "crashes": worker.crashes.count,
+                "window_s": worker.crashes.window,
+            }
+            if worker.crashes.exhausted:
+                self.crash_loop = True
+                log.error(
+                    "worker crash loop: giving up, exiting so that the platform restarts us",
+                    extra={"fields": {**fields, "limit": worker.crashes.limit}},
+                )
+                self.stop_event.set()
+                return
             log.error(
-                "worker exited; restarting",
-                extra={"fields": {"worker": worker.index, "exit_code": code}},
+                "worker exited; restarting", extra={"fields": {**fields, "retry_in_s": delay}}
             )
-            await asyncio.sleep(RESTART_DELAY)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), delay)
+            except TimeoutError:
+                pass
 
     async def _poll(self) -> None:
         while True:
@@ -189,17 +268,26 @@ class Supervisor:
         return level
 
     async def metrics_text(self) -> bytes:
-        assert self.session is not None
-        texts: list[bytes] = []
-        for worker in self.workers:
-            if worker.admin_port is None:
-                continue
-            try:
-                async with self.session.get(self._url(worker, "/metrics")) as response:
-                    texts.append(await response.read())
-            except (aiohttp.ClientError, TimeoutError):
-                continue
-        return merge_texts(texts)
+        """The workers' metrics, asked in parallel and merged so that no counter goes down
+        when a worker is restarted or does not answer (metrics.MetricsMerger)."""
+        answers = await asyncio.gather(*(self._scrape(worker) for worker in self.workers))
+        return self.merger.merge(answers)
+
+    async def _scrape(self, worker: Worker) -> tuple[int, int, bytes | None]:
+        process, port = worker.process, worker.admin_port
+        pid = process.pid if process is not None else -1
+        if port is None or self.session is None:
+            return worker.index, pid, None
+        try:
+            async with self.session.get(
+                f"http://127.0.0.1:{port}/metrics",
+                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT),
+            ) as response:
+                if response.status != 200:
+                    return worker.index, pid, None
+                return worker.index, pid, await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return worker.index, pid, None
 
 
 def _listening(listener: str, host: str, port: int) -> None:

@@ -5,7 +5,8 @@ The binaries come from scripts/build-kube.sh (Debian's Kubernetes 1.20.2 source,
 it on first use and an atexit hook stops it, so both test folders share it. `KubeCluster`
 also speaks just enough REST for the tests: server-side apply (optionally dry-run), patch,
 delete, and writing kubeconfig files. `FaultProxy` sits in front of the real server to add
-what it cannot be made to do on demand: 410 Gone, dropped watches, 403.
+what it cannot be made to do on demand: 410 Gone, dropped watches, 403. `ConnectProxy` is an
+outbound HTTP proxy (HTTPS_PROXY) on loopback that records what passes through it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -609,6 +611,8 @@ class Seen:
     query: dict[str, str]
     authorization: str
     at: float = field(default_factory=time.monotonic)
+    proxy_authorization: str | None = None
+    """A Proxy-Authorization that reached the server (it should stop at the proxy)."""
 
     @property
     def watch(self) -> bool:
@@ -680,6 +684,10 @@ class FaultProxy:
         body = status_body(status, reason, message)
         self.faults.append((match, times, body, as_event))
 
+    def clear_faults(self) -> None:
+        """Forget the faults not used up yet: requests reach the real server again."""
+        self.faults.clear()
+
     def drop_watches(self) -> int:
         """Cut every open watch connection mid-stream; the number cut."""
         count = 0
@@ -697,6 +705,10 @@ class FaultProxy:
             end.set()
         return len(self._watches)
 
+    def open_watches(self) -> int:
+        """Watch connections relayed to the real server right now."""
+        return len(self._watches)
+
     def watches(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.watch and s.path == path]
 
@@ -709,6 +721,7 @@ class FaultProxy:
             request.path,
             dict(request.query),
             request.headers.get("Authorization", ""),
+            proxy_authorization=request.headers.get("Proxy-Authorization"),
         )
         self.seen.append(seen)
         for index, (match, times, body, as_event) in enumerate(self.faults):
@@ -769,6 +782,86 @@ class FaultProxy:
 
 
 _FORWARDED = frozenset(("authorization", "accept", "content-type", "user-agent"))
+
+
+class ConnectProxy:
+    """An HTTP proxy for https targets on 127.0.0.1, on its own event loop in a thread (so
+    blocking and async tests can both use it): CONNECT opens a tunnel, anything else gets 405.
+    Each request line and Proxy-Authorization value (None when absent) is recorded."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.authorizations: list[str | None] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> ConnectProxy:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop
+        )
+        self._server = future.result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, credentials: str = "") -> str:
+        return f"http://{credentials}127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        line, *fields = head.decode("latin-1").split("\r\n")
+        self.lines.append(line)
+        found = [
+            f.split(":", 1)[1].strip()
+            for f in fields
+            if ":" in f and f.split(":", 1)[0].strip().lower() == "proxy-authorization"
+        ]
+        self.authorizations.append(found[0] if found else None)
+        method, target, _ = line.split(" ", 2)
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        host, _, port = target.rpartition(":")
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
 
 
 def iter_docs(paths: Sequence[Path]) -> Iterator[tuple[str, Json]]:

@@ -77,6 +77,27 @@ async def test_health(admin: Admin) -> None:
     assert "Server" not in headers
 
 
+async def test_health_follows_the_unhealthy_callback(control: LogControl) -> None:
+    reason: list[str | None] = [None]
+    app = make_admin_app(
+        ready=lambda: True,
+        log_control=control,
+        metrics_text=lambda: b"",
+        unhealthy=lambda: reason[0],
+    )
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            admin = Admin(base, session, control, Metrics())
+            assert (await call(admin, "GET", "/v1/health"))[0] == 200
+            reason[0] = "worker crash loop"
+            status, headers, body = await call(admin, "GET", "/v1/health")
+            assert (status, body) == (503, b'{"code":503,"error":"worker crash loop"}\n')
+            assert headers["Content-Type"] == JSON
+    finally:
+        await runner.cleanup()
+
+
 async def test_ready_follows_callback(admin: Admin) -> None:
     status, headers, body = await call(admin, "GET", "/v1/ready")
     assert (status, body) == (503, b'{"code":503,"error":"not ready"}\n')

@@ -81,6 +81,9 @@ def test_defaults() -> None:
         ([], {"APPGATEWAY_REGISTRY": "/srv/reg"}, "registry", Path("/srv/reg")),
         (["--registry", "/a"], {"APPGATEWAY_REGISTRY": "/b"}, "registry", Path("/a")),
         ([], {"APPGATEWAY_WORKERS": "4"}, "workers", 4),
+        ([], {}, "worker_crash_limit", 5),
+        ([], {"APPGATEWAY_WORKER_CRASH_LIMIT": "0"}, "worker_crash_limit", 0),
+        (["--worker-crash-limit", "3"], {}, "worker_crash_limit", 3),
         ([], {"APPGATEWAY_RETRY_BODY_LIMIT": "0"}, "retry_body_limit", 0),
         ([], {"APPGATEWAY_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
         # durations are seconds and may have decimals
@@ -125,6 +128,7 @@ def test_process_environment_is_read_when_not_given(monkeypatch: pytest.MonkeyPa
         ("APPGATEWAY_WORKERS", "0"),
         ("APPGATEWAY_WORKERS", "1.5"),
         ("APPGATEWAY_RETRY_BODY_LIMIT", "-1"),
+        ("APPGATEWAY_WORKER_CRASH_LIMIT", "-1"),
         ("APPGATEWAY_LOG_LEVEL", "verbose"),
         ("APPGATEWAY_KUBERNETES", "maybe"),
     ],

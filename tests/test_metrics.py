@@ -10,6 +10,7 @@ from appgateway.metrics import (
     BUCKETS,
     Histogram,
     Metrics,
+    MetricsMerger,
     RequestSeries,
     code_class,
     merge_texts,
@@ -185,6 +186,134 @@ def test_merge_skips_unparsable_worker_output() -> None:
 
 def test_merge_nothing() -> None:
     assert merge_texts([]) == b""
+
+
+# -- merging across worker restarts --------------------------------------------------------------
+
+Worker = tuple[int, int, tuple[int, tuple[float, ...], int, int] | None | bytes]
+"""(slot, process id, answer): (retries, upstream latencies, in flight, APIs), None for no
+answer, or raw bytes."""
+
+
+def _answer(state: tuple[int, tuple[float, ...], int, int] | None | bytes) -> bytes | None:
+    if state is None or isinstance(state, bytes):
+        return state
+    retries, latencies, inflight, apis = state
+    m = Metrics()
+    for _ in range(retries):
+        m.retry("a", "s")
+    for latency in latencies:
+        m.upstream_series("a", "s").observe(latency)
+    gauge = m.inflight("proxy")
+    for _ in range(inflight):
+        gauge.inc()
+    m.set_registry(apis=apis, applications=1, errors=0)
+    return m.render()
+
+
+RETRIES = key("appgateway_retries_total", app="a", service="s")
+UP = {"app": "a", "service": "s"}
+COUNT = key("appgateway_upstream_duration_seconds_count", **UP)
+SUM = key("appgateway_upstream_duration_seconds_sum", **UP)
+FAST = key("appgateway_upstream_duration_seconds_bucket", le="0.005", **UP)
+INF = key("appgateway_upstream_duration_seconds_bucket", le="+Inf", **UP)
+INFLIGHT = key("appgateway_inflight_requests", listener="proxy")
+APIS = key("appgateway_registry_apis")
+
+
+@pytest.mark.parametrize(
+    ("scrapes", "expected"),
+    [
+        pytest.param(  # slot 0 restarts between the scrapes: its 3 stay counted
+            [
+                [(0, 100, (3, (), 0, 5)), (1, 200, (2, (), 0, 5))],
+                [(0, 101, (1, (), 0, 5)), (1, 200, (2, (), 0, 5))],
+            ],
+            [{RETRIES: 5}, {RETRIES: 6}],
+            id="restarted-worker-carried",
+        ),
+        pytest.param(  # slot 0 misses a scrape: its last values stand in
+            [
+                [(0, 100, (3, (), 1, 5)), (1, 200, (2, (), 1, 5))],
+                [(0, 100, None), (1, 200, (4, (), 1, 5))],
+                [(0, 100, (5, (), 0, 5)), (1, 200, (4, (), 0, 5))],
+            ],
+            [{RETRIES: 5, INFLIGHT: 2}, {RETRIES: 7, INFLIGHT: 1}, {RETRIES: 9, INFLIGHT: 0}],
+            id="silent-worker-kept-gauge-not",
+        ),
+        pytest.param(  # dead (silent), then its successor answers from 0
+            [
+                [(0, 100, (3, (), 0, 5))],
+                [(0, 101, None)],
+                [(0, 101, (0, (), 0, 5))],
+                [(0, 101, (2, (), 0, 5))],
+            ],
+            [{RETRIES: 3}, {RETRIES: 3}, {RETRIES: 3}, {RETRIES: 5}],
+            id="restart-seen-late",
+        ),
+        pytest.param(  # the same process id with a lower counter: a restart all the same
+            [[(0, 100, (3, (), 0, 5))], [(0, 100, (1, (), 0, 5))], [(0, 100, (2, (), 0, 5))]],
+            [{RETRIES: 3}, {RETRIES: 4}, {RETRIES: 5}],
+            id="decrease-means-restart",
+        ),
+        pytest.param(
+            [[(0, 100, (3, (), 0, 5))], [(0, 100, b"metric{ 1 2 3")], [(0, 100, b"\xff")]],
+            [{RETRIES: 3}, {RETRIES: 3}, {RETRIES: 3}],
+            id="unparsable-is-silent",
+        ),
+        pytest.param(
+            [[(0, 100, (3, (), 0, 5))], [(0, 101, (2, (), 0, 5))], [(0, 102, (4, (), 0, 5))]],
+            [{RETRIES: 3}, {RETRIES: 5}, {RETRIES: 9}],
+            id="restarts-accumulate",
+        ),
+        pytest.param(  # buckets, sum and count are carried together
+            [
+                [(0, 100, (0, (0.001, 0.2), 0, 5)), (1, 200, (0, (0.003,), 0, 5))],
+                [(0, 101, (0, (0.5,), 0, 5)), (1, 200, (0, (0.003,), 0, 5))],
+            ],
+            [
+                {COUNT: 3, FAST: 2, INF: 3, SUM: 0.204},
+                {COUNT: 4, FAST: 2, INF: 4, SUM: 0.704},
+            ],
+            id="histogram-carried",
+        ),
+        pytest.param(  # registry gauges: the first worker that answers, never carried
+            [
+                [(0, 100, (0, (), 0, 5)), (1, 200, (0, (), 0, 6))],
+                [(0, 100, None), (1, 200, (0, (), 0, 6))],
+                [(0, 100, None), (1, 200, None)],
+            ],
+            [{APIS: 5}, {APIS: 6}, {}],
+            id="gauges-from-answers",
+        ),
+    ],
+)
+def test_merger_never_lets_a_counter_fall(
+    scrapes: list[list[Worker]], expected: list[dict[Key, float]]
+) -> None:
+    merger = MetricsMerger()
+    previous: dict[Key, float] = {}
+    for scrape, want in zip(scrapes, expected, strict=True):
+        got = samples(merger.merge((slot, pid, _answer(state)) for slot, pid, state in scrape))
+        assert {k: got.get(k) for k in want} == pytest.approx(want)
+        if not want:
+            assert APIS not in got and INFLIGHT not in got
+        for k in (RETRIES, COUNT, SUM, FAST, INF):
+            assert got.get(k, 0.0) >= previous.get(k, 0.0), k
+        previous = got
+
+
+def test_merger_keeps_a_series_of_a_replaced_worker() -> None:
+    """A label set only the old process had stays in the exposition, at its last value."""
+    old, new = Metrics(), Metrics()
+    old.csrf_fetch("error")
+    new.csrf_fetch("ok")
+    merger = MetricsMerger()
+    merger.merge([(0, 100, old.render())])
+    got = samples(merger.merge([(0, 101, new.render())]))
+    assert got[key("appgateway_csrf_fetches_total", result="error")] == 1
+    assert got[key("appgateway_csrf_fetches_total", result="ok")] == 1
+    assert types(merger.merge([])) == types(old.render())
 
 
 def test_request_labels_are_bounded() -> None:

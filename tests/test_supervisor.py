@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from appgateway.app import StartupError, bind_socket
 from appgateway.config import Settings
 from appgateway.logs import LogControl, setup_logging
-from appgateway.supervisor import Supervisor, reserve_port
+from appgateway.supervisor import (
+    CRASH_WINDOW,
+    RESTART_BASE,
+    RESTART_CAP,
+    CrashHistory,
+    Supervisor,
+    reserve_port,
+)
 from tests.conftest import ClientFactory, Response, ServerFactory, write_registry
 
 
@@ -79,6 +88,36 @@ def test_reserving_a_port_in_use_is_a_startup_error() -> None:
             reserve_port("127.0.0.1", port)
     finally:
         holder.close()
+
+
+# -- restart back-off ------------------------------------------------------------------------------
+
+
+def test_restart_back_off_constants() -> None:
+    assert (RESTART_BASE, RESTART_CAP, CRASH_WINDOW) == (1.0, 30.0, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("limit", "crashes", "delays", "exhausted"),
+    [
+        (5, [0, 2, 5, 10], [1, 2, 4, 8], False),
+        (5, [0, 2, 5, 10, 19], [1, 2, 4, 8, 16], True),
+        (3, [0, 1.5, 4], [1, 2, 4], True),
+        (0, [float(t) for t in range(0, 400, 40)], [1, 2, 4, 8, 16, 30, 30, 30, 30, 30], False),
+        # A crash leaves the window CRASH_WINDOW after it happened: the delay shrinks again.
+        (5, [0, 10, 20, 310, 325], [1, 2, 4, 2, 2], False),
+        (5, [0, 1000, 2000, 3000, 4000, 5000], [1] * 6, False),
+        (2, [0, 299.9], [1, 2], True),
+        (2, [0, 300], [1, 1], False),
+    ],
+)
+def test_crash_history(
+    limit: int, crashes: list[float], delays: list[float], exhausted: bool
+) -> None:
+    history = CrashHistory(limit)
+    got = [history.crashed(now) for now in crashes]
+    assert got == delays
+    assert history.exhausted is exhausted
 
 
 # -- a real supervisor ---------------------------------------------------------------------------
@@ -196,3 +235,80 @@ async def test_supervisor_runs_two_workers(
     )
     with pytest.raises(OSError):
         await clients(proxy)
+
+
+def _restart_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in lines if str(line.get("msg", "")).startswith("worker ")]
+
+
+@pytest.mark.timeout(90)
+async def test_crash_looping_workers_back_off_and_the_supervisor_gives_up(
+    tmp_path: Path, log: tuple[LogControl, io.StringIO], servers: ServerFactory
+) -> None:
+    """Workers that crash at load are restarted after 1 s, then 2 s; the third crash of one
+    worker within the window makes the supervisor unhealthy and exit 1."""
+    control, stream = log
+    api = await servers()
+    registry = write_registry(tmp_path / "registry", api.base)
+    settings = Settings(
+        registry=registry,
+        proxy_port=0,
+        proxy_port_compass=0,
+        admin_port=0,
+        workers=2,
+        shutdown_timeout=1.0,
+        worker_crash_limit=3,
+    )
+    supervisor = Supervisor(settings, control)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(supervisor.run())
+    try:
+
+        async def ready() -> bool:
+            if task.done():
+                task.result()
+            return supervisor.ready()
+
+        await _until(ready, 30, "both workers to be ready")
+        # From now on a worker dies at load, as with a manifest that crashes the parser.
+        registry.rename(tmp_path / "gone")
+        started: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
+        for worker in supervisor.workers:
+            assert worker.process is not None
+            started[worker.index].append((worker.process.pid, loop.time()))
+            os.kill(worker.process.pid, signal.SIGKILL)
+        code = None
+        deadline = loop.time() + 60
+        while code is None and loop.time() < deadline:
+            for worker in supervisor.workers:
+                process = worker.process
+                if process is not None and process.pid != started[worker.index][-1][0]:
+                    started[worker.index].append((process.pid, loop.time()))
+            if task.done():
+                code = task.result()
+            await asyncio.sleep(0.02)
+    finally:
+        if not task.done():
+            supervisor.stop_event.set()
+            await asyncio.wait_for(task, 20)
+    assert code == 1
+    assert supervisor.unhealthy() == "worker crash loop"
+    for index, runs in started.items():
+        # killed, restarted after >= 1 s, crashed at load, restarted after >= 2 s more
+        assert 2 <= len(runs) <= 3, (index, runs)
+        gaps = [b[1] - a[1] for a, b in zip(runs, runs[1:], strict=False)]
+        assert gaps[0] >= RESTART_BASE - 0.05, gaps
+        if len(gaps) > 1:
+            assert gaps[1] >= 2 * RESTART_BASE, gaps
+    lines = _restart_lines(stream)
+    restarts = [line for line in lines if line["msg"] == "worker exited; restarting"]
+    for index in (0, 1):
+        delays = [line["retry_in_s"] for line in restarts if line["worker"] == index]
+        assert delays in ([1.0], [1.0, 2.0]), delays
+    (gave_up,) = [line for line in lines if str(line["msg"]).startswith("worker crash loop")]
+    assert gave_up["level"] == "error"
+    assert (gave_up["crashes"], gave_up["limit"], gave_up["window_s"]) == (3, 3, 300.0)
+    assert all(
+        w.process is not None and w.process.returncode is not None for w in supervisor.workers
+    )

@@ -3,6 +3,12 @@
 The registry needs only LIST and WATCH of two resources, with exact control over 410 handling,
 bookmarks, token rotation and error reporting, so this is a thin layer over aiohttp (already
 the gateway's control-plane client) rather than a general-purpose Kubernetes library.
+
+HTTPS_PROXY (HTTP_PROXY for an http:// server) and NO_PROXY apply as to every outbound call,
+with the gateway's own rules (proxy.py), as kubectl and client-go do. In a pod the API server
+is usually reached directly: list its address (KUBERNETES_SERVICE_HOST, or the service
+network) in NO_PROXY. The proxy's user-info goes only on the CONNECT request (https) or on the
+absolute-form request (http), never through the tunnel to the API server.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from appgateway import __version__, tls
+from appgateway.proxy import ProxyConfig
 from appgateway.registry import RegistryError
 from appgateway.registry.kubeconfig import ClusterAuth, Material, from_kubeconfig, in_cluster
 
@@ -141,12 +149,19 @@ def ssl_context(auth: ClusterAuth) -> ssl.SSLContext:
 class KubeClient:
     """GET and WATCH against one API server; the token file is re-read at least every minute."""
 
-    def __init__(self, auth: ClusterAuth, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        auth: ClusterAuth,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        proxies: ProxyConfig | None = None,
+    ) -> None:
         self.auth = auth
         self._clock = clock
         self._token = ""
         self._token_read = -TOKEN_REFRESH_S * 2
         self._session: aiohttp.ClientSession | None = None
+        self._proxy = proxy_arguments(auth.server, proxies)
 
     async def open(self) -> None:
         """Read the key material (RegistryError if unusable) and create the HTTP session."""
@@ -189,6 +204,10 @@ class KubeClient:
         self._refresh_token()
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         args: dict[str, Any] = {"params": dict(params), "headers": headers}
+        if self._proxy:
+            proxy = dict(self._proxy)
+            headers.update(proxy.pop("headers", {}))
+            args.update(proxy)
         if self.auth.tls_server_name:
             args["server_hostname"] = self.auth.tls_server_name
         return args
@@ -242,6 +261,31 @@ class KubeClient:
                     raise ApiError(resp.status, "", "watch event too large")
             if buffer.strip():
                 on_event(_event(bytes(buffer)))
+
+
+def proxy_arguments(server: str, proxies: ProxyConfig | None) -> dict[str, Any]:
+    """aiohttp's request arguments for the proxy to `server` (none: connect directly).
+
+    aiohttp sends `proxy_headers` on the CONNECT request only; for an http server the
+    credentials go on the absolute-form request itself, as plain `headers`.
+    """
+    if proxies is None:
+        return {}
+    parts = urlsplit(server)
+    https = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        return {}  # the kubeconfig check reports a bad server URL
+    proxy = proxies.proxy_for(parts.scheme, parts.hostname or "", port)
+    if proxy is None:
+        return {}
+    host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
+    args: dict[str, Any] = {"proxy": f"http://{host}:{proxy.port}"}
+    if proxy.authorization is not None:
+        credentials = {"Proxy-Authorization": proxy.authorization.decode("latin-1")}
+        args["proxy_headers" if https else "headers"] = credentials
+    return args
 
 
 def _event(line: bytes) -> Json:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from appgateway import tls
 from appgateway.config import Settings, kubernetes_service_address
+from appgateway.proxy import ProxyConfig
 from appgateway.registry import publish
 from appgateway.registry.folder import _CertCache
 from appgateway.registry.kubeclient import KubeClient, load_auth
@@ -56,9 +57,13 @@ class KubernetesRegistry:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubernetesRegistry:
+    def from_settings(
+        cls, settings: Settings, proxies: ProxyConfig | None = None
+    ) -> KubernetesRegistry:
+        """`proxies`: HTTPS_PROXY and NO_PROXY apply to the API server too (kubeclient.py)."""
         auth = load_auth(settings.kubeconfig, kubernetes_service_address())
-        return cls(KubeClient(auth), secrets_namespace=settings.secrets_namespace)
+        client = KubeClient(auth, proxies=proxies)
+        return cls(client, secrets_namespace=settings.secrets_namespace)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot

@@ -5,6 +5,12 @@ bookmarks, resumed after a normal end, LISTed again after 410 Gone (as a status 
 event), and retried with jittered backoff after anything else. Objects seen so far stay in
 memory meanwhile, so the last snapshot keeps serving while the API server is away. Objects go
 through the same parser as files, with the location `cluster`.
+
+The backoff starts again from its first step only after a watch has proved the server healthy
+(delivered an event, or stayed open STEADY_WATCH seconds); a successful LIST is not enough. A
+server or proxy answering every watch with 410 would otherwise be LISTed and watched every
+half second forever (a full LIST of every object each time), where now it settles at the
+backoff's cap, with one log line per attempt.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ LOCATION = "cluster"
 PAGE_SIZE = 500
 WATCH_TIMEOUT = (240, 300)
 """Server-side watch duration, randomised so replicas do not reconnect in step."""
-QUICK_END = 1.0
-"""A watch that ends sooner than this, empty, counts as a failure (no busy loop)."""
+STEADY_WATCH = 10.0
+"""A watch open this long, or one that delivered an event, resets the backoff. One that ends
+sooner, empty, counts as a failure (no busy loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +96,13 @@ class Watcher:
         changed: Callable[[], None],
         *,
         page_size: int = PAGE_SIZE,
+        backoff: Backoff | None = None,
+        steady: float = STEADY_WATCH,
     ) -> None:
         self.client = client
         self.page_size = str(page_size)
+        self.backoff = backoff or Backoff()
+        self.steady = steady
         self.resource = resource
         self.docs: dict[str, Document] = {}
         self.issues: dict[str, tuple[Issue, ...]] = {}
@@ -99,40 +110,66 @@ class Watcher:
         self.version: str | None = None
         """The last resourceVersion seen; a watch resumes there. None: LIST first."""
         self._changed = changed
+        self._opened: float | None = None
+        """When the current watch was sent; None while LISTing."""
+        self._delivered = 0
+        """Events (bookmarks included) the current watch delivered."""
 
     async def run(self) -> None:
-        backoff = Backoff()
-        loop = asyncio.get_running_loop()
+        backoff = self.backoff
         while True:
-            started = loop.time()
+            self._opened = None
+            self._delivered = 0
+            fresh = False  # whether this watch starts from a LIST made just now
             try:
                 if self.version is None:
                     self.version = await self._list()
                     self.listed.set()
-                    backoff.reset()
-                    started = loop.time()
-                events = await self._watch(self.version)
-                if events or loop.time() - started >= QUICK_END:
+                    fresh = True
+                self._opened = asyncio.get_running_loop().time()
+                await self._watch(self.version)
+                if self._steady():
                     backoff.reset()
                     continue
                 delay = backoff.next()
                 log.debug("watch ended at once", extra={"fields": self._fields(delay)})
             except Gone:
-                log.info("resource version too old, listing again", extra=self._extra())
                 self.version = None
-                if loop.time() - started >= QUICK_END:
+                if self._steady() or not fresh:
+                    if self._steady():
+                        backoff.reset()
+                    log.info("resource version too old, listing again", extra=self._extra())
                     continue
-                delay = backoff.next()  # Gone again at once: do not hammer the server
-            except ApiError as exc:
+                # Gone at once from the version of a LIST made just now: the server (or
+                # something in front of it) answers every watch so. Wait before LISTing again.
                 delay = backoff.next()
-                self._log_api_error(exc, delay, "watch" if self.version is not None else "list")
+                log.warning(
+                    "resource version too old right after a list; listing again later",
+                    extra={"fields": self._fields(delay)},
+                )
+            except ApiError as exc:
+                delay = self._failed(backoff)
+                self._log_api_error(exc, delay, "watch" if self._opened is not None else "list")
                 if exc.status == 401:
                     self.client.token_expired()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                delay = backoff.next()
+                delay = self._failed(backoff)
                 fields = {**self._fields(delay), "error": str(exc) or type(exc).__name__}
                 log.warning("kubernetes API unreachable", extra={"fields": fields})
             await asyncio.sleep(delay)
+
+    def _steady(self) -> bool:
+        """Whether the watch just ended proved the server healthy."""
+        if self._opened is None:
+            return False
+        opened_for = asyncio.get_running_loop().time() - self._opened
+        return self._delivered > 0 or opened_for >= self.steady
+
+    def _failed(self, backoff: Backoff) -> float:
+        """The delay after a failure: from the first step if the watch had been healthy."""
+        if self._steady():
+            backoff.reset()
+        return backoff.next()
 
     async def _list(self) -> str:
         docs: dict[str, Document] = {}
@@ -155,15 +192,13 @@ class Watcher:
         self._changed()
         return str(metadata.get("resourceVersion") or "")
 
-    async def _watch(self, version: str) -> int:
-        count = 0
-
+    async def _watch(self, version: str) -> None:
         def on_event(event: Json) -> None:
-            nonlocal count
             kind, obj = event.get("type"), event["object"]
             if kind == "ERROR":
                 error = status_error(500, obj)
                 raise Gone() if error.status == 410 else error
+            self._delivered += 1
             metadata = obj.get("metadata")
             if isinstance(metadata, dict) and metadata.get("resourceVersion"):
                 self.version = str(metadata["resourceVersion"])
@@ -174,7 +209,6 @@ class Watcher:
                 self.issues.pop(str(metadata.get("name")), None)
             else:
                 return  # BOOKMARK, or a type from the future
-            count += 1
             self._changed()
 
         seconds = random.randint(*WATCH_TIMEOUT)
@@ -190,7 +224,6 @@ class Watcher:
             if exc.status == 410:
                 raise Gone() from None
             raise
-        return count
 
     def _update(
         self, obj: Json, docs: dict[str, Document], issues: dict[str, tuple[Issue, ...]]

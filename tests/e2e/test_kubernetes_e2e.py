@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.kube import (
     NOWATCH_TOKEN,
     REPO,
     SA_TOKEN,
+    ConnectProxy,
     KubeCluster,
     Objects,
     api_service,
@@ -85,10 +86,14 @@ def gateways(kube: KubeCluster, tmp_path: Path) -> Iterator[Factory]:
     started: list[KubeGateway] = []
 
     def make(
-        *, token: str = SA_TOKEN, server: str | None = None, args: Sequence[str] = ()
+        *,
+        token: str = SA_TOKEN,
+        server: str | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> KubeGateway:
         path = kube.kubeconfig(tmp_path / f"kubeconfig{len(started)}", token=token, server=server)
-        gateway = KubeGateway(path, args)
+        gateway = KubeGateway(path, args, env)
         started.append(gateway)
         gateway.start()
         return gateway
@@ -168,6 +173,33 @@ def test_patch_to_serving_latency(
         f"max {max(samples) * 1000:.0f} ms"
     )
     assert max(samples) < APPLY_WITHIN
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["proxied", "no-proxy"])
+def test_api_server_is_reached_through_https_proxy_unless_no_proxy(
+    gateways: Factory, objects: Objects, upstream: MockUpstream, kube: KubeCluster, bypass: bool
+) -> None:
+    """`serve --kubernetes` with HTTPS_PROXY set (as behaviour.md §5.3 says, for all outbound
+    calls): the API server is reached through a CONNECT tunnel carrying the proxy's
+    credentials, or directly when NO_PROXY lists it. The mock API is plain http, so only
+    HTTPS_PROXY is set and target calls stay direct."""
+    egress = ConnectProxy().start()
+    try:
+        env = {"HTTPS_PROXY": egress.url("gw:pw@")}
+        if bypass:
+            env["NO_PROXY"] = "127.0.0.1"
+        app = unique("egress")
+        objects.apply(application(app, [api_service("Orders", f"{upstream.base}/v1")]))
+        gateway = gateways(env=env)
+        assert request(gateway.admin_port, "GET", "/v1/ready").status == 200
+        assert echo(gateway, f"/{app}/orders/x")[:2] == (200, "/v1/x")
+        if bypass:
+            assert egress.lines == []
+        else:
+            assert set(egress.lines) == {f"CONNECT 127.0.0.1:{kube.port} HTTP/1.1"}
+            assert set(egress.authorizations) == {basic("gw", "pw")}
+    finally:
+        egress.close()
 
 
 def test_api_server_outage_keeps_the_last_state(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import (
     REPO,
@@ -139,6 +142,89 @@ def test_two_workers_serve_requests(
     assert gateway.stop() == 0
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+
+def _workers(pid: int) -> list[int]:
+    return [
+        child
+        for child in _children(pid)
+        if b"worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def _merged(admin_port: int) -> dict[str, float]:
+    """Sums over all label sets of the merged request counter and duration histogram count."""
+    response = request(admin_port, "GET", "/metrics", timeout=20)
+    assert response.status == 200
+    totals = {"requests": 0.0, "durations": 0.0}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            if sample.name == "appgateway_requests_total":
+                totals["requests"] += sample.value
+            elif sample.name == "appgateway_request_duration_seconds_count":
+                totals["durations"] += sample.value
+    return totals
+
+
+def test_merged_counters_survive_a_killed_and_a_silent_worker(
+    gateway_factory: GatewayFactory, upstream: MockUpstream
+) -> None:
+    """A worker killed between two scrapes, restarted from 0, and a worker too stopped to
+    answer a scrape: the supervisor's merged counters stay where they were."""
+    gateway = gateway_factory(docs(upstream.base), ["--workers", "2"])
+
+    def ready() -> bool:
+        return request(gateway.admin_port, "GET", "/v1/ready").status == 200
+
+    assert wait_until(ready, 20, 0.2) is not None, gateway.stderr_text()
+    first, second = _workers(gateway.pid)
+    # New connections each: the kernel spreads them over both workers (all 40 on one worker
+    # has a probability of 2**-39).
+    statuses = [request(gateway.proxy_port, "GET", f"/life/svc/a{i}").status for i in range(40)]
+    assert statuses == [200] * 40
+    assert _merged(gateway.admin_port) == {"requests": 40, "durations": 40}
+
+    os.kill(first, signal.SIGKILL)
+    assert _merged(gateway.admin_port) == {"requests": 40, "durations": 40}
+
+    def replaced() -> bool:
+        workers = _workers(gateway.pid)
+        return len(workers) == 2 and first not in workers and ready()
+
+    assert wait_until(replaced, 20, 0.2) is not None, gateway.stderr_text()
+    assert _merged(gateway.admin_port) == {"requests": 40, "durations": 40}
+    statuses = [request(gateway.proxy_port, "GET", f"/life/svc/b{i}").status for i in range(10)]
+    assert statuses == [200] * 10
+    assert _merged(gateway.admin_port) == {"requests": 50, "durations": 50}
+
+    os.kill(second, signal.SIGSTOP)  # alive but silent: its scrape times out
+    try:
+        assert _merged(gateway.admin_port) == {"requests": 50, "durations": 50}
+    finally:
+        os.kill(second, signal.SIGCONT)
+    assert _merged(gateway.admin_port) == {"requests": 50, "durations": 50}
+    assert gateway.stop() == 0
+
+
+def test_worker_crash_loop_exits_1(
+    gateway_factory: GatewayFactory, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Workers that die at every start: after --worker-crash-limit crashes the supervisor
+    stops restarting them and exits 1 instead of staying up, healthy and useless."""
+    gateway = gateway_factory(docs(upstream.base), ["--workers", "2", "--worker-crash-limit", "2"])
+
+    def ready() -> bool:
+        return request(gateway.admin_port, "GET", "/v1/ready").status == 200
+
+    assert wait_until(ready, 20, 0.2) is not None, gateway.stderr_text()
+    gateway.registry.rename(tmp_path / "moved")  # each new worker now fails at load
+    for pid in _workers(gateway.pid):
+        os.kill(pid, signal.SIGKILL)
+    assert gateway.wait(30) == 1, gateway.stderr_text()
+    messages = [line.get("msg") for line in gateway.logs]
+    assert messages.count("worker exited; restarting") >= 2
+    assert any(str(m).startswith("worker crash loop: giving up") for m in messages)
+    assert "stopped: a worker kept crashing" in messages
 
 
 def _state(pid: int) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from appgateway.proxy import ProxyConfig
 from appgateway.registry import RegistryError
 from appgateway.registry.kubeclient import (
     ApiError,
@@ -13,6 +14,7 @@ from appgateway.registry.kubeclient import (
     Json,
     KubeClient,
     load_auth,
+    proxy_arguments,
     ssl_context,
     status_error,
 )
@@ -37,6 +39,51 @@ def test_backoff_doubles_up_to_the_cap(rand: float, expected: list[float]) -> No
 def test_backoff_is_jittered() -> None:
     delays = {Backoff().next() for _ in range(50)}
     assert len(delays) > 1 and all(0.25 <= d <= 0.5 for d in delays)
+
+
+_PROXY_AUTH = {"Proxy-Authorization": "Basic dTpw"}  # u:p
+
+
+@pytest.mark.parametrize(
+    ("server", "env", "expected"),
+    [
+        ("https://10.96.0.1", {}, {}),
+        (
+            "https://10.96.0.1",
+            {"https_proxy": "http://u:p@egress:3128"},
+            {"proxy": "http://egress:3128", "proxy_headers": _PROXY_AUTH},
+        ),
+        ("https://10.96.0.1:6443", {"https_proxy": "egress:3128"}, {"proxy": "http://egress:3128"}),
+        ("https://10.96.0.1", {"http_proxy": "http://egress:3128"}, {}),  # only HTTPS_PROXY
+        (  # plain http: the credentials go on the absolute-form request itself
+            "http://api.local:8080",
+            {"http_proxy": "http://u:p@egress:3128", "https_proxy": "http://other:1"},
+            {"proxy": "http://egress:3128", "headers": _PROXY_AUTH},
+        ),
+        # NO_PROXY, with the gateway's own rules: addresses, networks, suffixes, ports
+        ("https://10.96.0.1", {"https_proxy": "egress:3128", "no_proxy": "10.96.0.1"}, {}),
+        ("https://10.96.0.1", {"https_proxy": "egress:3128", "no_proxy": "10.96.0.0/12"}, {}),
+        ("https://kubernetes.default.svc", {"https_proxy": "e:1", "no_proxy": ".svc"}, {}),
+        ("https://api.example:6443", {"https_proxy": "e:1", "no_proxy": "api.example:6443"}, {}),
+        (
+            "https://api.example:6443",
+            {"https_proxy": "e:1", "no_proxy": "api.example:443"},
+            {"proxy": "http://e:1"},
+        ),
+        ("https://10.96.0.1", {"https_proxy": "e:1", "no_proxy": "*"}, {}),
+        (
+            "https://[fd00::1]",
+            {"https_proxy": "http://[fd00::2]:3128"},
+            {"proxy": "http://[fd00::2]:3128"},
+        ),
+    ],
+)
+def test_proxy_arguments(server: str, env: dict[str, str], expected: dict[str, Any]) -> None:
+    assert proxy_arguments(server, ProxyConfig.from_environment(env)) == expected
+
+
+def test_no_proxy_configuration_means_direct() -> None:
+    assert proxy_arguments("https://10.96.0.1", None) == {}
 
 
 def _status(code: int, reason: str, message: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -14,6 +15,7 @@ import pytest
 from appgateway.config import Settings
 from appgateway.errors import NotFound
 from appgateway.model import API, BasicAuth
+from appgateway.proxy import ProxyConfig
 from appgateway.registry import RegistryError
 from appgateway.registry.kubeclient import KubeClient, load_auth
 from appgateway.registry.kubeconfig import in_cluster
@@ -23,6 +25,7 @@ from tests.kube import (
     ADMIN_TOKEN,
     APPS_PATH,
     SECRETS_PATH,
+    ConnectProxy,
     FaultProxy,
     KubeCluster,
     Objects,
@@ -218,3 +221,41 @@ async def test_untrusted_server_is_retried(
 def test_from_settings_needs_a_usable_source(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="no such file|No such file"):
         KubernetesRegistry.from_settings(Settings(kubernetes=True, kubeconfig=tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["proxied", "no-proxy"])
+async def test_api_server_calls_follow_https_proxy_and_no_proxy(
+    kube: KubeCluster,
+    proxy: FaultProxy,
+    objects: Objects,
+    start: Start,
+    tmp_path: Path,
+    bypass: bool,
+) -> None:
+    """HTTPS_PROXY applies to the API server as to every outbound call: LIST and WATCH go
+    through a CONNECT tunnel, the proxy's user-info only on the CONNECT; a NO_PROXY match
+    connects directly (FaultProxy stands in for the API server, to see what reached it)."""
+    egress = ConnectProxy().start()
+    try:
+        env = {"https_proxy": egress.url("gw:s%40cret@")}
+        if bypass:
+            env["no_proxy"] = "localhost, 127.0.0.0/8"
+        path = kube.kubeconfig(tmp_path / "kubeconfig", token=ADMIN_TOKEN, server=proxy.server)
+        client = KubeClient(load_auth(path, ("", "")), proxies=ProxyConfig.from_environment(env))
+        registry = await start(client)
+        assert registry.ready
+        name = unique("proxied")
+        objects.apply(application(name, [api_service("Orders", "https://erp.example/")]))
+        await until(lambda: api_of(registry.snapshot(), name) is not None)  # a watch event
+        assert {s.path for s in proxy.seen} == {APPS_PATH, SECRETS_PATH}
+        assert len(proxy.watches(APPS_PATH)) == 1
+        assert all(s.authorization == f"Bearer {ADMIN_TOKEN}" for s in proxy.seen)
+        assert all(s.proxy_authorization is None for s in proxy.seen)
+        if bypass:
+            assert egress.lines == []
+        else:
+            assert set(egress.lines) == {f"CONNECT 127.0.0.1:{proxy.port} HTTP/1.1"}
+            basic = "Basic " + base64.b64encode(b"gw:s@cret").decode()
+            assert set(egress.authorizations) == {basic}
+    finally:
+        egress.close()

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from appgateway.registry.kubeclient import KubeClient
+from appgateway.registry.kubeclient import Backoff, KubeClient
 from appgateway.registry.kubeconfig import ClusterAuth, Material
 from appgateway.registry.kubewatch import (
     APPLICATIONS,
     LOCATION,
+    STEADY_WATCH,
     WATCH_TIMEOUT,
     Watcher,
     parse_object,
@@ -77,11 +78,15 @@ async def watch(kube: KubeCluster, proxy: FaultProxy) -> AsyncIterator[Start]:
         server: str | None = None,
         listed: bool = True,
         resource: Any = APPLICATIONS,
+        backoff: Backoff | None = None,
+        steady: float = STEADY_WATCH,
     ) -> Watcher:
         client = client_for(kube, server or proxy.server)
         await client.open()
         clients.append(client)
-        watcher = Watcher(client, resource, lambda: None, page_size=page_size)
+        watcher = Watcher(
+            client, resource, lambda: None, page_size=page_size, backoff=backoff, steady=steady
+        )
         tasks.append(asyncio.create_task(watcher.run()))
         if listed:
             await asyncio.wait_for(watcher.listed.wait(), 10)
@@ -288,6 +293,110 @@ async def test_gone_lists_again(
     await until(lambda: len(proxy.watches(APPS_PATH)) >= 4)
     last = proxy.watches(APPS_PATH)[-1]
     assert last.query["resourceVersion"] != proxy.watches(APPS_PATH)[0].query["resourceVersion"]
+
+
+GONE_AGAIN = "resource version too old right after a list; listing again later"
+
+
+def gone_forever(proxy: FaultProxy, as_event: bool) -> None:
+    """Every watch of Applications answers 410 until `proxy.clear_faults()`."""
+    proxy.fail(
+        is_watch(APPS_PATH),
+        410,
+        "Expired",
+        "too old resource version",
+        times=10**6,
+        as_event=as_event,
+    )
+
+
+def storm_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    return [
+        r.fields["retry_in_s"]  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == GONE_AGAIN
+    ]
+
+
+@pytest.mark.parametrize("as_event", [False, True], ids=["status", "error-event"])
+async def test_persistent_gone_is_listed_with_growing_delays(
+    watch: Start, proxy: FaultProxy, caplog: pytest.LogCaptureFixture, as_event: bool
+) -> None:
+    """With the real backoff (0.5 s doubling, jittered to [d/2, d]): a LIST that succeeds does
+    not reset it, so 4 s of 410s cost at most 5 LISTs and 5 WATCHes (b0cd6fb: 35-39 each in
+    8 s, one pair every ~0.45 s)."""
+    gone_forever(proxy, as_event)
+    await watch(listed=False)
+    await asyncio.sleep(4.0)
+    lists, watches = proxy.lists(APPS_PATH), proxy.watches(APPS_PATH)
+    assert 3 <= len(lists) <= 5, [s.at for s in lists]
+    assert len(watches) in (len(lists), len(lists) - 1)
+    delays = storm_delays(caplog)
+    assert len(delays) == len(watches)  # one line per attempt
+    for step, delay in enumerate(delays):
+        nominal = 0.5 * 2**step
+        assert nominal / 2 <= delay <= nominal, delays
+    gaps = [b.at - a.at for a, b in zip(lists, lists[1:], strict=False)]
+    assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
+
+
+@pytest.mark.parametrize("as_event", [False, True], ids=["status", "error-event"])
+async def test_persistent_gone_settles_at_the_maximum_backoff(
+    watch: Start, proxy: FaultProxy, caplog: pytest.LogCaptureFixture, as_event: bool
+) -> None:
+    """A smaller, unjittered backoff (0.05 s doubling to 0.4 s) shows where it ends: at the
+    cap, one LIST and one WATCH per step, each step logged once (and nothing else logged)."""
+    gone_forever(proxy, as_event)
+    watcher = await watch(backoff=Backoff(0.05, 0.4, rand=lambda: 1.0), listed=False)
+    await asyncio.sleep(3.0)
+    delays = storm_delays(caplog)
+    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.4], delays
+    assert set(delays[3:]) == {0.4} and 6 <= len(delays) <= 10, delays
+    lists = proxy.lists(APPS_PATH)
+    assert len(lists) in (len(delays), len(delays) + 1)  # one LIST per logged step
+    gaps = [b.at - a.at for a, b in zip(lists, lists[1:], strict=False)]
+    assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
+    assert all(gap >= 0.4 for gap in gaps[3:]), gaps
+    assert len([r for r in caplog.records if "too old" in r.getMessage()]) == len(delays)
+    assert watcher.listed.is_set()  # every LIST succeeded; the objects stay current
+
+
+async def test_backoff_resets_only_after_a_healthy_watch(
+    watch: Start, objects: Objects, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a 410 storm, a watch that delivers an event, or one that stays open `steady`
+    seconds, makes the next failure wait the first step again; a LIST alone does not."""
+    watcher = await watch(backoff=Backoff(0.05, 0.4, rand=lambda: 1.0), steady=1.5)
+    await until(lambda: len(proxy.watches(APPS_PATH)) == 1)
+    gone_forever(proxy, as_event=False)
+    proxy.drop_watches()
+    await until(lambda: storm_delays(caplog)[-1:] == [0.4], within=10)
+    proxy.clear_faults()
+    # The watch after the next LIST stays open; an object change reaches it.
+    await until(lambda: proxy.open_watches() == 1, within=5)
+    name = unique("reset")
+    objects.apply(app(name))
+    await until(lambda: name in watcher.docs, within=5)
+
+    def retries() -> list[float]:
+        """retry_in_s of every retry line so far: storm, cut stream and failed watch."""
+        return [r.fields["retry_in_s"] for r in caplog.records if "retry_in_s" in r.fields]  # type: ignore[attr-defined]
+
+    async def cut(failing: int, lines: int) -> list[float]:
+        """Drop the open watch and fail the next `failing` watches: the new retry delays."""
+        mark = len(retries())
+        proxy.fail(is_watch(APPS_PATH), 503, "ServiceUnavailable", times=failing)
+        assert proxy.drop_watches() == 1
+        await until(lambda: len(retries()) >= mark + lines)
+        await until(lambda: proxy.open_watches() == 1)
+        return retries()[mark:]
+
+    # The cut stream and two 503s: from the first step, as the dropped watch had an event.
+    assert await cut(2, 3) == [0.05, 0.1, 0.2]
+    await asyncio.sleep(0.2)
+    assert await cut(1, 2) == [0.4, 0.4]  # open 0.2 s, no event: the backoff went on
+    await asyncio.sleep(1.8)
+    assert await cut(1, 2) == [0.05, 0.1]  # open 1.8 s: healthy, so from the first step
 
 
 @pytest.mark.parametrize(
