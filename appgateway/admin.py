@@ -85,7 +85,7 @@ def _audit_level_change(request: web.Request, previous: str, level: str) -> None
     """Log a level change at warn even when the level filters warn out: the change can
     silence the access log, so it must leave a trace of who made it."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    fields: dict[str, object] = {"level": level, "previous": previous}
+    fields: dict[str, object] = {"old_level": previous, "new_level": level}
     if isinstance(peer, tuple) and len(peer) >= 2:
         fields["peer"] = str(peer[0])
         fields["peer_port"] = peer[1]
