@@ -206,17 +206,17 @@ def test_admin_flood_under_a_low_fd_limit_spares_proxy_and_health(
                 flood.append(connect(gw.admin_port))
                 peak = max(peak, fd_count(gw.pid))
             flooding = time.monotonic() - started
-            # Beyond the cap the longest-silent connections are closed at once.
+            proxied = request(gw.proxy_port, "GET", "/adm/svc/during-flood", timeout=5)
+            assert proxied.status == 200
+            assert upstream.only("/during-flood").method == "GET"
+            assert request(gw.admin_port, "GET", "/v1/health", timeout=5).status == 200
+            assert request(gw.admin_port, "GET", "/v1/ready", timeout=5).status == 200
+            # Beyond the cap the longest-silent connections were closed at once.
             settled = wait_until(
                 lambda: sum(open_at_peer(s) for s in flood) <= MAX_CONNECTIONS, 3, 0.05
             )
             assert settled is not None, sum(open_at_peer(s) for s in flood)
             assert peak <= baseline + MAX_CONNECTIONS + 8, (baseline, peak)
-            assert request(gw.admin_port, "GET", "/v1/health", timeout=5).status == 200
-            assert request(gw.admin_port, "GET", "/v1/ready", timeout=5).status == 200
-            proxied = request(gw.proxy_port, "GET", "/adm/svc/during-flood", timeout=5)
-            assert proxied.status == 200
-            assert upstream.only("/during-flood").method == "GET"
             # The rest are closed by the deadline.
             cleared = wait_until(lambda: not any(open_at_peer(s) for s in flood), 6, 0.1)
             assert cleared is not None
