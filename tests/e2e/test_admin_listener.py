@@ -173,6 +173,7 @@ class HealthChecker(threading.Thread):
         self.client = Client(port, timeout=5)
         self.statuses: list[int | str] = []
         self.stop = threading.Event()
+        self.answered = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -181,6 +182,8 @@ class HealthChecker(threading.Thread):
             except (OSError, ConnectionError, AssertionError) as exc:
                 self.statuses.append(type(exc).__name__)
                 return
+            finally:
+                self.answered.set()
             self.stop.wait(0.25)
 
     def finish(self) -> list[int | str]:
@@ -198,6 +201,7 @@ def test_admin_flood_under_a_low_fd_limit_spares_proxy_and_health(
         baseline = fd_count(gw.pid)
         checker = HealthChecker(gw.admin_port)  # a keep-alive health check already running
         checker.start()
+        assert checker.answered.wait(5)
         flood: list[socket.socket] = []
         try:
             started = time.monotonic()
