@@ -113,7 +113,7 @@ class Gateway:
         self.settings = settings
         self.log_control = log_control
         self.listeners = listeners or Listeners()
-        self.admin_host = admin_host or settings.host
+        self.admin_host = admin_host or settings.admin_address
         self.on_listening = on_listening
         self.metrics = Metrics()
         self.shutting_down = False
@@ -181,7 +181,12 @@ class Gateway:
                 log_control=self.log_control,
                 metrics_text=self.metrics.render,
             )
-            runner, admin_port = await start_admin(admin_app, self.admin_host, settings.admin_port)
+            runner, admin_port = await start_admin(
+                admin_app,
+                self.admin_host,
+                settings.admin_port,
+                phase_timeout=settings.request_timeout,
+            )
             stack.push_async_callback(runner.cleanup)
             self._listening("admin", self.admin_host, admin_port)
 

@@ -19,6 +19,7 @@ import uvloop
 from appgateway import __version__
 from appgateway.config import (
     ConfigurationError,
+    HelpFormatter,
     Settings,
     add_serve_arguments,
     add_source_arguments,
@@ -35,22 +36,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"appgateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the gateway until SIGTERM or SIGINT")
+    serve = sub.add_parser(
+        "serve", formatter_class=HelpFormatter, help="run the gateway until SIGTERM or SIGINT"
+    )
     add_source_arguments(serve)
     add_serve_arguments(serve)
 
-    check = sub.add_parser("check", help="validate a registry folder or file")
+    check = sub.add_parser(
+        "check", formatter_class=HelpFormatter, help="validate a registry folder or file"
+    )
     check.add_argument("path", type=Path)
     check.add_argument("--secrets-namespace", default=None)
 
-    routes = sub.add_parser("routes", help="print the gateway URL of every API")
+    routes = sub.add_parser(
+        "routes", formatter_class=HelpFormatter, help="print the gateway URL of every API"
+    )
     add_source_arguments(routes)
     add_serve_arguments(routes, ports_only=True)
     routes.add_argument("--base-url", default=None)
     routes.add_argument("--compass-base-url", default=None)
     routes.add_argument("--output", choices=("table", "json"), default="table")
 
-    access = sub.add_parser("access-services", help="print Access Services as a YAML List")
+    access = sub.add_parser(
+        "access-services",
+        formatter_class=HelpFormatter,
+        help="print Access Services as a YAML List",
+    )
     add_source_arguments(access)
     access.add_argument("--namespace", default="kyma-system")
     access.add_argument("--selector", default="app.kubernetes.io/name=appgateway")
@@ -58,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker")  # internal: started by the --workers supervisor, set up by env
 
-    demo = sub.add_parser("demo", help="run a demo API and the gateway in front of it")
+    demo = sub.add_parser(
+        "demo", formatter_class=HelpFormatter, help="run a demo API and the gateway in front of it"
+    )
     demo.add_argument("--demo-port", type=int, default=8090)
     add_serve_arguments(demo)
     return parser

@@ -37,6 +37,7 @@ class Settings:
     kubeconfig: Path | None = None
     secrets_namespace: str = "kyma-system"
     host: str = "127.0.0.1"
+    admin_host: str | None = None  # None: the same as `host`
     proxy_port: int = 8080
     proxy_port_compass: int = 8082
     admin_port: int = 8081
@@ -52,6 +53,11 @@ class Settings:
     body_min_rate: int = 1024
     max_connections: int = 4096
     worker_crash_limit: int = 5
+
+    @property
+    def admin_address(self) -> str:
+        """The admin listener's bind address."""
+        return self.admin_host or self.host
 
 
 def parse_bool(text: str) -> bool:
@@ -124,7 +130,8 @@ _SOURCE_OPTIONS: tuple[tuple[str, object, str], ...] = (
 )
 
 _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
-    ("--host", str, "bind address of all listeners"),
+    ("--host", str, "bind address of the proxy listeners (and of the admin one by default)"),
+    ("--admin-host", str, "bind address of the admin listener (default: --host)"),
     ("--proxy-port", _port, "proxy listener port (0 picks a free port)"),
     ("--proxy-port-compass", _port, "Compass listener port"),
     ("--admin-port", _port, "admin listener port"),
@@ -164,8 +171,30 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         default=None,
         type=_bool_arg,
-        help="read Applications and Secrets from the Kubernetes API",
+        metavar=_SWITCH,
+        help="read Applications and Secrets from the Kubernetes API (--kubernetes=false: off)",
     )
+
+
+_SWITCH = "BOOL"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Prints `--kubernetes` as the switch it is.
+
+    Its optional value (`--kubernetes=false`, for scripts and Kyma's flag style) would
+    otherwise read as `--kubernetes [KUBERNETES]`, as if a value were expected.
+    """
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.metavar == _SWITCH and action.nargs == "?":
+            return ""
+        return super()._format_args(action, default_metavar)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if action.metavar == _SWITCH and action.nargs == "?":
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, *, ports_only: bool = False) -> None:

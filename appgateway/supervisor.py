@@ -139,7 +139,12 @@ class Supervisor:
                 admin_port=0,
                 workers=1,
             )
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            # Idle connections to a worker's admin listener are dropped before its own
+            # deadline (--request-timeout) closes them, so none is reused as it closes.
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5),
+                connector=aiohttp.TCPConnector(keepalive_timeout=settings.request_timeout / 2),
+            )
             app = make_admin_app(
                 ready=self.ready,
                 log_control=self.control,
@@ -147,12 +152,17 @@ class Supervisor:
                 set_level=self.set_level,
                 unhealthy=self.unhealthy,
             )
-            runner, admin_port = await start_admin(app, settings.host, settings.admin_port)
+            runner, admin_port = await start_admin(
+                app,
+                settings.admin_address,
+                settings.admin_port,
+                phase_timeout=settings.request_timeout,
+            )
             keepers = [loop.create_task(self._keep(worker)) for worker in self.workers]
             poller = loop.create_task(self._poll())
             for name, port in (("proxy", proxy_port), ("compass", compass_port)):
                 _listening(name, settings.host, port)
-            _listening("admin", settings.host, admin_port)
+            _listening("admin", settings.admin_address, admin_port)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._request_stop)
             await self.stop_event.wait()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -11,9 +13,10 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from appgateway.admin import make_admin_app, start_admin
+from appgateway.admin import MAX_CONNECTIONS, make_admin_app, start_admin
 from appgateway.logs import LogControl, setup_logging
 from appgateway.metrics import Metrics
+from tests.conftest import Client, ClientFactory
 
 JSON = "application/json;charset=UTF-8"
 NOT_FOUND = b'{"code":404,"error":"Requested resource could not be found."}\n'
@@ -30,10 +33,15 @@ class Admin:
 
 
 @pytest.fixture
-def control() -> Iterator[LogControl]:
+def log_stream() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def control(log_stream: io.StringIO) -> Iterator[LogControl]:
     root = logging.getLogger()
     saved = root.level
-    ctl = setup_logging("info", io.StringIO())
+    ctl = setup_logging("info", log_stream)
     yield ctl
     ctl.close()
     root.setLevel(saved)
@@ -256,3 +264,272 @@ async def test_start_admin_reports_port_in_use(control: LogControl) -> None:
             await start_admin(other, "127.0.0.1", port)
     finally:
         await runner.cleanup()
+
+
+# -- hostile bodies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"level":' * 50_000,
+        b"[" * 5_000 + b"]" * 5_000,  # well-formed, still deeper than the parser recurses
+    ],
+    ids=["open-arrays", "open-objects", "closed-arrays"],
+)
+async def test_deeply_nested_json_is_a_400(admin: Admin, body: bytes) -> None:
+    """Nesting deeper than the JSON parser recurses is a bad body, never a 500."""
+    status, headers, answer = await call(
+        admin, "PUT", "/v1/loglevel", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 400
+    assert headers["Content-Type"] == JSON
+    assert json.loads(answer) == {"error": 'the body must be JSON like {"level":"info"}'}
+    assert admin.control.level == "info"
+
+
+# -- the audit line of a level change -----------------------------------------------------------
+
+
+def _audit_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in lines if line["msg"] == "log level changed"]
+
+
+async def _put_level(port: int, level: bytes) -> tuple[int, int]:
+    """PUT from a socket whose address we know: (status, our local port)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        body = b'{"level":"%s"}' % level
+        writer.write(
+            b"PUT /v1/loglevel HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        answer = await asyncio.wait_for(reader.read(), 5)
+        return int(answer.split(b" ", 2)[1]), writer.get_extra_info("sockname")[1]
+    finally:
+        writer.close()
+
+
+async def test_level_change_is_logged_at_warn_with_the_peer(
+    admin: Admin, log_stream: io.StringIO
+) -> None:
+    port = int(admin.base.rsplit(":", 1)[1])
+    status, first_port = await _put_level(port, b"error")
+    assert status == 200
+    # error -> panic: neither level lets a warn line through, the audit line still comes.
+    status, second_port = await _put_level(port, b"PANIC")
+    assert status == 200
+    assert (await _put_level(port, b"loud"))[0] == 400  # no change, no line
+    lines = _audit_lines(log_stream)
+    assert [
+        (line["level"], line["old_level"], line["new_level"], line["peer"], line["peer_port"])
+        for line in lines
+    ] == [
+        ("warn", "info", "error", "127.0.0.1", first_port),
+        ("warn", "error", "panic", "127.0.0.1", second_port),
+    ]
+    assert all(line["logger"] == "appgateway.admin" for line in lines)
+
+
+async def test_level_change_through_a_setter_is_logged(
+    control: LogControl, log_stream: io.StringIO
+) -> None:
+    """The supervisor's admin app (a `set_level` fan-out) logs the change it makes."""
+
+    async def fan_out(name: str) -> str:
+        return control.set_level(name)
+
+    app = make_admin_app(
+        ready=lambda: True, log_control=control, metrics_text=lambda: b"", set_level=fan_out
+    )
+    runner, base = await _serve(app)
+    try:
+        status, local_port = await _put_level(int(base.rsplit(":", 1)[1]), b"debug")
+    finally:
+        await runner.cleanup()
+    assert status == 200
+    [line] = _audit_lines(log_stream)
+    assert (line["old_level"], line["new_level"], line["peer_port"]) == (
+        "info",
+        "debug",
+        local_port,
+    )
+
+
+# -- deadlines and the connection cap ------------------------------------------------------------
+
+PHASE = 0.4
+
+
+async def _start(
+    control: LogControl, *, phase: float = PHASE, limit: int = MAX_CONNECTIONS
+) -> tuple[web.AppRunner, int]:
+    app = make_admin_app(ready=lambda: True, log_control=control, metrics_text=lambda: b"m\n")
+    return await start_admin(app, "127.0.0.1", 0, phase_timeout=phase, max_connections=limit)
+
+
+async def _closed_after(client: Client, within: float) -> float:
+    """Seconds until the admin listener closed `client` (AssertionError if it did not)."""
+    start = time.monotonic()
+    try:
+        await client.eof(within)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"still open after {within} s") from None
+    return time.monotonic() - start
+
+
+async def _still_open(client: Client, wait: float = 0.05) -> bool:
+    try:
+        await client.eof(wait)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+    return False
+
+
+async def _health(client: Client) -> int:
+    return (await client.request("GET", "/v1/health", [("Host", "admin")])).status
+
+
+async def test_silent_connection_is_closed_after_the_deadline(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    runner, port = await _start(control)
+    try:
+        silent = await clients(port)
+        elapsed = await _closed_after(silent, 5)
+    finally:
+        await runner.cleanup()
+    assert PHASE * 0.8 <= elapsed <= PHASE + 1.0
+
+
+async def test_trickled_head_does_not_extend_the_deadline(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    """A head sent a byte at a time (slowloris) is closed as if it were silent."""
+    runner, port = await _start(control)
+    try:
+        slow = await clients(port)
+        await slow.send(b"GET /v1/health HTTP/1.1\r\nHost: admin\r\nX-Slow: ")
+        start = time.monotonic()
+        while time.monotonic() - start < PHASE + 1.0:
+            try:
+                await slow.send(b"a")
+            except ConnectionError:
+                break
+            if not await _still_open(slow, 0.05):
+                break
+        elapsed = time.monotonic() - start
+    finally:
+        await runner.cleanup()
+    assert elapsed <= PHASE + 1.0
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_deadline(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    runner, port = await _start(control)
+    try:
+        client = await clients(port)
+        assert await _health(client) == 200
+        elapsed = await _closed_after(client, 5)
+    finally:
+        await runner.cleanup()
+    assert PHASE * 0.8 <= elapsed <= PHASE + 1.0
+
+
+async def test_slow_body_is_closed_after_the_deadline(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    runner, port = await _start(control)
+    try:
+        client = await clients(port)
+        await client.send(
+            b"PUT /v1/loglevel HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        elapsed = await _closed_after(client, 5)
+    finally:
+        await runner.cleanup()
+    assert elapsed <= PHASE + 1.0
+    assert control.level == "info"
+
+
+async def test_a_connection_in_use_outlives_the_deadline(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    """Each request starts a new phase: only silence is cut, not a long-lived connection."""
+    runner, port = await _start(control)
+    try:
+        client = await clients(port)
+        start = time.monotonic()
+        statuses = []
+        while time.monotonic() - start < PHASE * 4:
+            statuses.append(await _health(client))
+            await asyncio.sleep(PHASE / 4)
+    finally:
+        await runner.cleanup()
+    assert statuses and set(statuses) == {200}
+
+
+async def test_beyond_the_cap_the_longest_silent_connection_makes_room(
+    control: LogControl, clients: ClientFactory
+) -> None:
+    """A keep-alive connection in use survives a flood of silent ones; new callers are
+    served; no more than the cap stay open."""
+    limit = 4
+    runner, port = await _start(control, phase=30, limit=limit)
+    try:
+        in_use = await clients(port)
+        assert await _health(in_use) == 200
+        flood = [await clients(port) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        still_open = [await _still_open(c) for c in flood]
+        # The newest silent ones fill the cap beside the connection in use.
+        assert still_open == [False] * (40 - (limit - 1)) + [True] * (limit - 1)
+        assert await _health(in_use) == 200
+        newcomer = await clients(port)
+        assert await _health(newcomer) == 200
+        assert not await _still_open(flood[-(limit - 1)], 0.5)  # the oldest silent one went
+        assert await _health(in_use) == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_when_every_connection_is_busy_a_new_one_gets_503(
+    control: LogControl, clients: ClientFactory, log_stream: io.StringIO
+) -> None:
+    limit = 3
+    runner, port = await _start(control, phase=30, limit=limit)
+    try:
+        busy = [await clients(port) for _ in range(limit)]
+        for client in busy:  # each is inside a request, waiting for the rest of its body
+            await client.send(
+                b"PUT /v1/loglevel HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 50\r\n\r\n{"
+            )
+        await asyncio.sleep(0.2)
+        refused = await clients(port)
+        started = time.monotonic()
+        response = await refused.response(within=2)
+        assert (response.status, response.json()) == (
+            503,
+            {"code": 503, "error": "too many admin connections"},
+        )
+        assert response.value("Content-Type") == JSON
+        await _closed_after(refused, 2)
+        assert time.monotonic() - started < 1.0
+        assert all([await _still_open(c) for c in busy])
+    finally:
+        await runner.cleanup()
+    warnings = [
+        json.loads(line)
+        for line in log_stream.getvalue().splitlines()
+        if "admin connection limit reached" in line
+    ]
+    assert [(w["level"], w["limit"], w["refused_total"]) for w in warnings] == [("warn", 3, 1)]

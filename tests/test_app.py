@@ -185,6 +185,53 @@ async def test_handed_in_listeners_are_used(
     assert await asyncio.wait_for(run.task, 10) == 0
 
 
+async def test_admin_host_binds_only_the_admin_listener(
+    tmp_path: Path,
+    log: tuple[LogControl, io.StringIO],
+    clients: ClientFactory,
+    running: list[Running],
+) -> None:
+    """--admin-host moves the admin listener off --host; the proxy listeners stay."""
+    control, stream = log
+    write_registry(tmp_path, "http://127.0.0.1:9")
+    gateway = Gateway(settings_for(tmp_path, admin_host="127.0.0.2"), control)
+    run = Running(gateway)
+    running.append(run)
+    await run.started()
+    admin = run.ports["admin"]
+    reader, writer = await asyncio.open_connection("127.0.0.2", admin)
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", admin)
+    assert (await http_get(run.ports["proxy"], "/nowhere/x", clients))[0] == 404
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    addresses = {line["listener"]: line["address"] for line in lines if line["msg"] == "listening"}
+    assert addresses == {"admin": "127.0.0.2", "proxy": "127.0.0.1", "compass": "127.0.0.1"}
+    gateway.request_stop()
+    assert await asyncio.wait_for(run.task, 10) == 0
+
+
+async def test_admin_listener_closes_silent_connections_after_request_timeout(
+    tmp_path: Path,
+    log: tuple[LogControl, io.StringIO],
+    clients: ClientFactory,
+    running: list[Running],
+) -> None:
+    write_registry(tmp_path, "http://127.0.0.1:9")
+    gateway = Gateway(settings_for(tmp_path, request_timeout=0.5), log[0])
+    run = Running(gateway)
+    running.append(run)
+    await run.started()
+    silent = await clients(run.ports["admin"])
+    start = asyncio.get_running_loop().time()
+    assert await silent.eof(5) == b""
+    assert 0.4 <= asyncio.get_running_loop().time() - start <= 1.5
+    gateway.request_stop()
+    assert await asyncio.wait_for(run.task, 10) == 0
+
+
 async def test_missing_registry_folder_fails_before_listening(
     tmp_path: Path, log: tuple[LogControl, io.StringIO]
 ) -> None:

@@ -249,3 +249,40 @@ def test_access_services_bad_selector_exits_2(
 ) -> None:
     assert main(["access-services", "--registry", str(clean), "--selector", "nonsense"]) == 2
     assert "--selector" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "routes", "access-services"])
+def test_help_shows_kubernetes_as_a_switch(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "KUBERNETES" not in out and "[BOOL]" not in out
+    assert "[--kubernetes]" in " ".join(out.split())  # the usage line, however it wraps
+    assert any(line.split()[:1] == ["--kubernetes"] for line in out.splitlines())
+
+
+def test_serve_help_lists_admin_host(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "--admin-host ADMIN_HOST" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "status"),
+    [
+        (["--kubernetes=false"], 0),
+        (["--kubernetes", "no"], 0),
+        (["--kubernetes=0"], 0),
+        (["--kubernetes=true"], 2),  # on, and --registry is given: a configuration error
+        (["--kubernetes"], 2),
+    ],
+)
+def test_kubernetes_switch_still_takes_a_value(
+    flags: list[str], status: int, clean: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["routes", "--registry", str(clean), *flags]) == status
+    if status == 2:
+        assert "--registry is not allowed with --kubernetes" in capsys.readouterr().err

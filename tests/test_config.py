@@ -86,6 +86,15 @@ def test_defaults() -> None:
         (["--worker-crash-limit", "3"], {}, "worker_crash_limit", 3),
         ([], {"APPGATEWAY_RETRY_BODY_LIMIT": "0"}, "retry_body_limit", 0),
         ([], {"APPGATEWAY_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
+        ([], {}, "admin_host", None),
+        ([], {"APPGATEWAY_ADMIN_HOST": "10.0.0.5"}, "admin_host", "10.0.0.5"),
+        (
+            ["--admin-host", "127.0.0.2"],
+            {"APPGATEWAY_ADMIN_HOST": "10.9.9.9"},
+            "admin_host",
+            "127.0.0.2",
+        ),
+        ([], {"APPGATEWAY_ADMIN_HOST": ""}, "admin_host", None),
         # durations are seconds and may have decimals
         (["--proxy-timeout", "0.5"], {}, "proxy_timeout", 0.5),
         ([], {"APPGATEWAY_IDLE_TIMEOUT": "2.25"}, "idle_timeout", 2.25),
@@ -106,6 +115,19 @@ def test_precedence_and_conversion(
     argv: list[str], env: dict[str, str], field: str, value: object
 ) -> None:
     assert getattr(settings(argv, env), field) == value
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "address"),
+    [
+        ([], {}, "127.0.0.1"),
+        (["--host", "0.0.0.0"], {}, "0.0.0.0"),  # the admin listener follows --host ...
+        (["--host", "0.0.0.0", "--admin-host", "10.0.0.7"], {}, "10.0.0.7"),  # ... unless told
+        ([], {"APPGATEWAY_HOST": "0.0.0.0", "APPGATEWAY_ADMIN_HOST": "127.0.0.1"}, "127.0.0.1"),
+    ],
+)
+def test_admin_address(argv: list[str], env: dict[str, str], address: str) -> None:
+    assert settings(argv, env).admin_address == address
 
 
 def test_process_environment_is_read_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,6 +255,7 @@ def test_registry_with_kubernetes_off_is_fine() -> None:
             registry=Path("/srv/registry"),
             secrets_namespace="ns",
             host="0.0.0.0",
+            admin_host="10.1.2.3",
             proxy_port=0,
             proxy_port_compass=1,
             admin_port=2,
