@@ -26,6 +26,11 @@ KYMA_ALIASES = {
 }
 
 
+MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
+"""Default of `--manifest-size-limit`: parsing a manifest takes about 30 times its size in
+memory at its peak, and a mounted ConfigMap or Secret holds at most 1 MiB anyway."""
+
+
 class ConfigurationError(Exception):
     """A bad flag or variable value: exit status 2."""
 
@@ -36,6 +41,7 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: Path | None = None
     secrets_namespace: str = "kyma-system"
+    manifest_size_limit: int = MANIFEST_SIZE_LIMIT
     host: str = "127.0.0.1"
     proxy_port: int = 8080
     proxy_port_compass: int = 8082
@@ -118,7 +124,9 @@ _SOURCE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--registry", Path, "folder of YAML manifests (default: the embedded demo registry)"),
     ("--kubeconfig", Path, "kubeconfig used with --kubernetes (default: in-cluster)"),
     ("--secrets-namespace", str, "the only namespace Secrets are read from"),
+    ("--manifest-size-limit", _positive_int, "largest manifest file read, in bytes"),
 )
+_CHECK_OPTIONS = ("--secrets-namespace", "--manifest-size-limit")
 
 _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--host", str, "bind address of all listeners"),
@@ -148,6 +156,13 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         type=_bool_arg,
         help="read Applications and Secrets from the Kubernetes API",
     )
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The source flags that apply to `check PATH` (its folder is a positional argument)."""
+    for flag, kind, text in _SOURCE_OPTIONS:
+        if flag in _CHECK_OPTIONS:
+            parser.add_argument(flag, type=kind, default=None, help=text)  # type: ignore[arg-type]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, *, ports_only: bool = False) -> None:
