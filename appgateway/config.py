@@ -26,9 +26,10 @@ KYMA_ALIASES = {
 }
 
 
-MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
-"""Default of `--manifest-size-limit`: parsing a manifest takes about 30 times its size in
-memory at its peak, and a mounted ConfigMap or Secret holds at most 1 MiB anyway."""
+MANIFEST_SIZE_LIMIT = 1024 * 1024
+"""Default of `--manifest-size-limit`, as much as a mounted ConfigMap or Secret can hold. Parsing
+takes up to about 200 times a file's size in memory at its peak: 1 MiB of Applications about
+8 MB, 1 MiB of flow integers (`[1,1,…]`, a node each) about 190 MB."""
 
 
 class ConfigurationError(Exception):

@@ -315,7 +315,7 @@ def _alias_bomb(path: Path) -> str:
 def _huge(path: Path) -> str:
     with path.open("wb") as file:
         file.truncate(30 << 20)
-    return "too large: 31457280 bytes, the limit is 4194304 (--manifest-size-limit): not read"
+    return "too large: 31457280 bytes, the limit is 1048576 (--manifest-size-limit): not read"
 
 
 def _fifo(path: Path) -> str:

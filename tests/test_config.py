@@ -84,7 +84,7 @@ def test_defaults() -> None:
         ([], {"APPGATEWAY_WORKERS": "4"}, "workers", 4),
         ([], {"APPGATEWAY_RETRY_BODY_LIMIT": "0"}, "retry_body_limit", 0),
         ([], {"APPGATEWAY_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
-        ([], {}, "manifest_size_limit", 4 * 1024 * 1024),
+        ([], {}, "manifest_size_limit", 1024 * 1024),
         ([], {"APPGATEWAY_MANIFEST_SIZE_LIMIT": "1000"}, "manifest_size_limit", 1000),
         (
             ["--manifest-size-limit", "9"],

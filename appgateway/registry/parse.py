@@ -47,9 +47,10 @@ MAX_DEPTH = 100
 """Deepest nesting of collections in a YAML manifest. Applications and Secrets need fewer than
 ten levels. libyaml's composer recurses on the C stack once per level, and a few tens of
 thousands of levels (60 KB of `[`) overflow it: the process dies with SIGSEGV."""
-MAX_DOCUMENTS = 10_000
+MAX_DOCUMENTS = 100_000
 """Documents plus `…List` items per file. Each becomes an object or an issue that is logged on
-every change, so a file of tiny documents must not flood the log."""
+every change, so a file of tiny documents must not flood the log. A file of the default size
+limit (1 MiB) holds some 15,000 of the smallest Secrets."""
 
 # `_shallow` proves that a text nests fewer than about 920 levels, far below where the composer
 # would overflow even a 2 MiB thread stack, so it can be composed and its depth counted on the

@@ -576,7 +576,7 @@ def capped_gateway(folder: Path, files: dict[str, list[Doc]]) -> Iterator[Gatewa
         gateway.close()
 
 
-def _swap_in(path: Path, make: Callable[[Path], None]) -> None:
+def _swap_in(path: Path, make: Callable[[Path], object]) -> None:
     """Makes the hostile file beside `path`, then renames it over `path` in one step."""
     temporary = path.with_name(f".{path.name}.new")
     make(temporary)
@@ -604,7 +604,7 @@ def _huge(path: Path) -> str:
     head = "apiVersion: v1\nkind: Secret\nmetadata: {name: huge}\nstringData:\n"
     text = head + "".join(f"  k{i:06d}: {'v' * 90}\n" for i in range(300_000))
     _swap_in(path, lambda p: p.write_text(text))
-    return f"too large: {len(text)} bytes, the limit is 4194304 (--manifest-size-limit): not read"
+    return f"too large: {len(text)} bytes, the limit is 1048576 (--manifest-size-limit): not read"
 
 
 def _fifo(path: Path) -> str:

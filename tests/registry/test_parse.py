@@ -601,7 +601,7 @@ def at(line: int, column: int, problem: str) -> list[str]:
     return refused(f"invalid YAML at line {line}, column {column}: {problem}")
 
 
-TOO_MANY = "more than 10000 documents and List items (split the file)"
+TOO_MANY = "more than 100000 documents and List items (split the file)"
 NOT_A_MAPPING = ["f.yaml#1: document must be a mapping, not list"]
 
 LIMITS = [
@@ -626,17 +626,17 @@ LIMITS = [
     pytest.param("base: &b {x: 1}\nother: {<<: *b, y: 2}\n", at(1, 7, ALIASED), id="merge-key"),
     pytest.param("n: 1\na: &x [s]\nb: *x\n", at(2, 4, ALIASED), id="alias-constructed"),
     pytest.param(alias_bomb(3, 3), at(4, 3, ALIASED), id="alias-bomb-27"),
-    pytest.param("---\n" * 10_000, [], id="10000-documents"),
-    pytest.param("---\n" * 10_001, refused(TOO_MANY), id="10001-documents"),
+    pytest.param("---\n" * 100_000, [], id="100000-documents"),
+    pytest.param("---\n" * 100_001, refused(TOO_MANY), id="100001-documents"),
     pytest.param(
-        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 9_999,
-        [f"f.yaml#1.items[{i}]: kind: is required" for i in range(9_999)],
-        id="list-of-9999",
+        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 99_999,
+        [f"f.yaml#1.items[{i}]: kind: is required" for i in range(99_999)],
+        id="list-of-99999",
     ),
     pytest.param(
-        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 10_000,
+        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 100_000,
         refused(TOO_MANY),
-        id="list-of-10000",
+        id="list-of-100000",
     ),
 ]
 
@@ -652,11 +652,13 @@ def test_limits_refuse_the_whole_file(text: str, expected: list[str]) -> None:
 
 
 def test_json_list_items_are_capped() -> None:
-    items = ",".join(['{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}'] * 10_000)
+    items = ",".join(
+        ['{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}'] * 100_000
+    )
     text = '{"apiVersion": "v1", "kind": "List", "items": [' + items + "]}"
     result = parse_file("f.json", text.encode())
     assert [str(i) for i in result.issues] == [
-        "f.json: more than 10000 documents and List items (split the file)"
+        "f.json: more than 100000 documents and List items (split the file)"
     ]
 
 
