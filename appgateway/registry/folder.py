@@ -281,12 +281,24 @@ def _read_manifest(path: Path, st: os.stat_result, limit: int) -> bytes:
     """
     _check_regular(st, limit)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with open(fd, "rb", closefd=True) as file:
-        _check_regular(os.fstat(fd), limit)
-        data = file.read(limit + 1)  # it may still grow
-    if len(data) > limit:
-        raise _Skipped(_too_large(len(data), limit))
-    return data
+    try:
+        st = os.fstat(fd)
+        _check_regular(st, limit)
+        parts: list[bytes] = []
+        total = 0
+        want = st.st_size + 1  # it may still grow (or a read may be short): read to the end
+        while total <= limit:
+            chunk = os.read(fd, min(want, limit + 1 - total))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            want = 65536
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise _Skipped(_too_large(total, limit))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _check_regular(st: os.stat_result, limit: int) -> None:
