@@ -56,7 +56,7 @@ limit (1 MiB) holds some 15,000 of the smallest Secrets."""
 # would overflow even a 2 MiB thread stack, so it can be composed and its depth counted on the
 # nodes. A text it cannot prove so is first scanned event by event (`_check_nesting`): exact,
 # but that costs as much as loading it, while `_shallow` passes ordinary manifests in a few
-# microseconds. It reads the UTF-8 bytes, where all it looks for is ASCII and C-speed.
+# microseconds: it looks only for ASCII characters, in the UTF-8 bytes, with C-speed methods.
 _FLOW_OPENERS = 200
 _FLOW_PASSES = 4
 _COLUMNS = 250
@@ -262,6 +262,7 @@ def _load_all(text: str, raw: bytes | None = None) -> Iterator[object]:
     the depth is checked before composing (`_check_nesting`) and on the nodes, aliases on the
     nodes (an alias is the node it names, met a second time). Without aliases no document can
     expand beyond the size of its text; with them, 859 bytes of `kind: List`s expand without end.
+    `raw` is `text` in UTF-8, if the caller has it.
     """
     _check_nesting(text, text.encode() if raw is None else raw)
     aliases = "*" in text  # else no node can be met twice, and nobody needs to look
