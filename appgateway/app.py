@@ -95,7 +95,11 @@ def make_registry(
         Path(folder.name, "demo.yaml").write_text(default_registry_text())
         stack_cleanup.append(folder.cleanup)
         path = Path(folder.name)
-    return FolderRegistry(path, secrets_namespace=settings.secrets_namespace)
+    return FolderRegistry(
+        path,
+        secrets_namespace=settings.secrets_namespace,
+        max_file_size=settings.manifest_size_limit,
+    )
 
 
 class Gateway:

@@ -21,6 +21,7 @@ from appgateway.config import (
     ConfigurationError,
     HelpFormatter,
     Settings,
+    add_check_arguments,
     add_serve_arguments,
     add_source_arguments,
     build_settings,
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", formatter_class=HelpFormatter, help="validate a registry folder or file"
     )
     check.add_argument("path", type=Path)
-    check.add_argument("--secrets-namespace", default=None)
+    add_check_arguments(check)
 
     routes = sub.add_parser(
         "routes", formatter_class=HelpFormatter, help="print the gateway URL of every API"
@@ -123,17 +124,31 @@ def _worker(settings: Settings) -> int:
 def _check(args: argparse.Namespace) -> int:
     from appgateway.inventory import check
 
-    namespace = args.secrets_namespace or build_settings(argparse.Namespace()).secrets_namespace
+    settings = build_settings(args)  # the flags `check` has, over APPGATEWAY_* variables
     if not args.path.exists():
         print(f"appgateway: {args.path}: no such file or directory", file=sys.stderr)
         return 2
-    return check(args.path, namespace, sys.stdout)
+    return check(
+        args.path,
+        settings.secrets_namespace,
+        sys.stdout,
+        max_file_size=settings.manifest_size_limit,
+    )
 
 
 def _load_snapshot(settings: Settings) -> object:
+    """The registry's first snapshot; its problems go to stderr as `check` prints them."""
+    import logging
+
     from appgateway.app import make_registry, outbound_proxies
+    from appgateway.logs import ReportFormatter
 
     cleanup: list[object] = []
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(ReportFormatter())
+    cleanup.append(lambda: logging.getLogger().removeHandler(handler))
+    logging.getLogger().addHandler(handler)
     proxies = outbound_proxies()
 
     async def load() -> object:

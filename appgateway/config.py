@@ -26,6 +26,12 @@ KYMA_ALIASES = {
 }
 
 
+MANIFEST_SIZE_LIMIT = 1024 * 1024
+"""Default of `--manifest-size-limit`, as much as a mounted ConfigMap or Secret can hold. Parsing
+takes up to about 200 times a file's size in memory at its peak: 1 MiB of Applications about
+8 MB, 1 MiB of flow integers (`[1,1,…]`, a node each) about 190 MB."""
+
+
 class ConfigurationError(Exception):
     """A bad flag or variable value: exit status 2."""
 
@@ -36,6 +42,7 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: Path | None = None
     secrets_namespace: str = "kyma-system"
+    manifest_size_limit: int = MANIFEST_SIZE_LIMIT
     host: str = "127.0.0.1"
     admin_host: str | None = None  # None: the same as `host`
     proxy_port: int = 8080
@@ -127,7 +134,9 @@ _SOURCE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--registry", Path, "folder of YAML manifests (default: the embedded demo registry)"),
     ("--kubeconfig", Path, "kubeconfig used with --kubernetes (default: in-cluster)"),
     ("--secrets-namespace", str, "the only namespace Secrets are read from"),
+    ("--manifest-size-limit", _positive_int, "largest manifest file read, in bytes"),
 )
+_CHECK_OPTIONS = ("--secrets-namespace", "--manifest-size-limit")
 
 _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--host", str, "bind address of the proxy listeners (and of the admin one by default)"),
@@ -195,6 +204,13 @@ class HelpFormatter(argparse.HelpFormatter):
         if action.metavar == _SWITCH and action.nargs == "?":
             return ", ".join(action.option_strings)
         return super()._format_action_invocation(action)
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The source flags that apply to `check PATH` (its folder is a positional argument)."""
+    for flag, kind, text in _SOURCE_OPTIONS:
+        if flag in _CHECK_OPTIONS:
+            parser.add_argument(flag, type=kind, default=None, help=text)  # type: ignore[arg-type]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, *, ports_only: bool = False) -> None:

@@ -15,6 +15,7 @@ from typing import Literal, TextIO
 import yaml
 
 from appgateway import tls, urls
+from appgateway.config import MANIFEST_SIZE_LIMIT
 from appgateway.model import API, BasicAuth, CertificateAuth, Credentials, NoAuth, OAuth, OAuthMTLS
 from appgateway.registry.folder import load_snapshot
 from appgateway.registry.snapshot import Route, Snapshot
@@ -63,13 +64,18 @@ def _table(headings: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check(path: Path, secrets_namespace: str, out: TextIO) -> int:
+def check(
+    path: Path, secrets_namespace: str, out: TextIO, *, max_file_size: int = MANIFEST_SIZE_LIMIT
+) -> int:
     """Load `path` as `serve --registry` would and print problems, then the routing table.
 
     Returns 0 without errors and 1 with errors; raises RegistryError if `path` is unusable.
     """
     snapshot = load_snapshot(
-        path, secrets_namespace=secrets_namespace, load_cert=tls.load_client_cert
+        path,
+        secrets_namespace=secrets_namespace,
+        load_cert=tls.load_client_cert,
+        max_file_size=max_file_size,
     )
     for issue in snapshot.issues:
         out.write(f"{issue.severity}: {issue}\n")

@@ -135,6 +135,35 @@ class JsonFormatter(logging.Formatter):
         return _dumps(doc)
 
 
+class ReportFormatter(logging.Formatter):
+    """Plain lines for the stderr of the report commands (`routes`, `access-services`).
+
+    A person reads them, so a registry problem prints as `check` prints it (`error: apps.yaml#1:
+    Application/erp: …`), and any other line as `warning: message (key=value, …)`. As in
+    JsonFormatter, an exception is named, never traced.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.ERROR:
+            word = "error"
+        elif record.levelno >= logging.WARNING:
+            word = "warning"
+        else:
+            word = level_name(record.levelno)
+        fields = getattr(record, "fields", None)
+        details: list[str] = []
+        if isinstance(fields, Mapping):
+            issue = fields.get("issue")
+            if isinstance(issue, str) and len(fields) == 1:
+                return f"{word}: {issue}"
+            details = [f"{key}={value}" for key, value in fields.items()]
+        info: object = getattr(record, "exc_info", None)
+        if isinstance(info, tuple) and info[0] is not None:
+            details.append(f"exc_type={info[0].__name__}")
+        text = f"{word}: {record.getMessage()}"
+        return f"{text} ({', '.join(details)})" if details else text
+
+
 # Names our handler, so a second `setup_logging` replaces rather than duplicates it. (A name,
 # not a subclass: instances of a Python subclass defined in a mypyc-compiled module are not
 # safe to reference weakly, and `logging` keeps weak references to its handlers.)

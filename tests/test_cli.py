@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -286,3 +291,102 @@ def test_kubernetes_switch_still_takes_a_value(
     assert main(["routes", "--registry", str(clean), *flags]) == status
     if status == 2:
         assert "--registry is not allowed with --kubernetes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["routes", "access-services"])
+def test_report_commands_print_registry_problems_as_check_does(
+    broken: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """They printed bare `registry error` lines, without saying which file or what."""
+    (broken / "bad.yaml").write_text("a: [\n")
+    (broken / "odd.yaml").write_text(
+        BROKEN_YAML.replace("name: broken", "name: odd").replace("type: Basic", "type: Odd")
+        + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: missing}\n"
+        + "stringData: {username: u, password: p}\n"
+    )
+    assert main(["check", str(broken)]) == 1
+    out = capsys.readouterr().out
+    problems = out[: out.index("\n\n")].splitlines()
+    assert [line.split(": ")[:2] for line in problems] == [
+        ["error", "bad.yaml"],
+        ["warning", "odd.yaml#1"],
+    ]
+    assert main([command, "--registry", str(broken)]) == 0
+    assert capsys.readouterr().err.splitlines() == problems
+
+
+def _check_in_child(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`appgateway check` in its own process, its address space capped at 2 GiB: so a crash,
+    a read that never ends or a runaway expansion fails this test, not the test run."""
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "appgateway", "check", str(path), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap_memory,
+        env={k: v for k, v in os.environ.items() if not k.startswith("APPGATEWAY_")},
+    )
+
+
+def _nested(path: Path) -> str:
+    path.write_text("[" * 60_000)
+    return "invalid YAML at line 1, column 101: nested more than 100 levels deep"
+
+
+def _alias_bomb(path: Path) -> str:
+    lines = ["apiVersion: v1", "kind: List", "items:", "- &l0 {apiVersion: v1, kind: List}"]
+    for level in range(1, 10):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"- &l{level} {{apiVersion: v1, kind: List, items: [{refs}]}}")
+    path.write_text("\n".join(lines) + "\n")
+    return (
+        "invalid YAML at line 4, column 3: "
+        "anchors and aliases are not allowed (the node anchored here is used again)"
+    )
+
+
+def _huge(path: Path) -> str:
+    with path.open("wb") as file:
+        file.truncate(30 << 20)
+    return "too large: 31457280 bytes, the limit is 1048576 (--manifest-size-limit): not read"
+
+
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return "not a regular file but a FIFO: not read"
+
+
+def _dev_zero(path: Path) -> str:
+    path.symlink_to("/dev/zero")
+    return "not a regular file but a character device: not read"
+
+
+@pytest.mark.parametrize(
+    "hostile", [_nested, _alias_bomb, _huge, _fifo, _dev_zero], ids=lambda f: f.__name__[1:]
+)
+def test_check_reports_a_hostile_file_and_exits_1(
+    clean: Path, hostile: Callable[[Path], str]
+) -> None:
+    """The nested file crashed `check` (exit 139), the FIFO and /dev/zero made it read for
+    ever, the alias bomb expanded without end, the huge file took 30 times its size."""
+    problem = hostile(clean / "hostile.yaml")
+    done = _check_in_child(clean)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0] == f"error: hostile.yaml: {problem}"
+    assert "3 APIs, 1 error" in done.stdout  # the rest is checked as ever
+
+
+def test_check_manifest_size_limit(
+    clean: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = (clean / "shop.yaml").stat().st_size
+    assert main(["check", str(clean), "--manifest-size-limit", str(size - 1)]) == 1
+    out = capsys.readouterr().out
+    assert f"error: shop.yaml: too large: {size} bytes, the limit is {size - 1}" in out
+    monkeypatch.setenv("APPGATEWAY_MANIFEST_SIZE_LIMIT", str(size - 1))
+    assert main(["check", str(clean)]) == 1
+    assert main(["check", str(clean), "--manifest-size-limit", str(size)]) == 0

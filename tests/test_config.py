@@ -13,6 +13,7 @@ from appgateway.config import (
     KYMA_ALIASES,
     ConfigurationError,
     Settings,
+    add_check_arguments,
     add_serve_arguments,
     add_source_arguments,
     build_settings,
@@ -95,6 +96,14 @@ def test_defaults() -> None:
             "127.0.0.2",
         ),
         ([], {"APPGATEWAY_ADMIN_HOST": ""}, "admin_host", None),
+        ([], {}, "manifest_size_limit", 1024 * 1024),
+        ([], {"APPGATEWAY_MANIFEST_SIZE_LIMIT": "1000"}, "manifest_size_limit", 1000),
+        (
+            ["--manifest-size-limit", "9"],
+            {"APPGATEWAY_MANIFEST_SIZE_LIMIT": "8"},
+            "manifest_size_limit",
+            9,
+        ),
         # durations are seconds and may have decimals
         (["--proxy-timeout", "0.5"], {}, "proxy_timeout", 0.5),
         ([], {"APPGATEWAY_IDLE_TIMEOUT": "2.25"}, "idle_timeout", 2.25),
@@ -151,6 +160,8 @@ def test_process_environment_is_read_when_not_given(monkeypatch: pytest.MonkeyPa
         ("APPGATEWAY_WORKERS", "1.5"),
         ("APPGATEWAY_RETRY_BODY_LIMIT", "-1"),
         ("APPGATEWAY_WORKER_CRASH_LIMIT", "-1"),
+        ("APPGATEWAY_MANIFEST_SIZE_LIMIT", "0"),
+        ("APPGATEWAY_MANIFEST_SIZE_LIMIT", "4MiB"),
         ("APPGATEWAY_LOG_LEVEL", "verbose"),
         ("APPGATEWAY_KUBERNETES", "maybe"),
     ],
@@ -173,6 +184,7 @@ def test_invalid_variable_names_the_variable(variable: str, value: str) -> None:
         ["--log-level", "loud"],
         ["--kubernetes", "sometimes"],
         ["--retry-body-limit", "1k"],
+        ["--manifest-size-limit", "0"],
     ],
 )
 def test_invalid_flag_is_a_usage_error(argv: list[str]) -> None:
@@ -265,6 +277,7 @@ def test_registry_with_kubernetes_off_is_fine() -> None:
             proxy_cache_ttl=4.0,
             token_default_ttl=5.5,
             retry_body_limit=0,
+            manifest_size_limit=123,
             shutdown_timeout=0.1,
             log_level="warn",
             workers=3,
@@ -297,3 +310,15 @@ def test_environ_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
     monkeypatch.setenv("no_proxy", "localhost")
     assert environ_proxies() == {"https_proxy": "http://proxy:3128", "no_proxy": "localhost"}
+
+
+def test_check_takes_the_source_flags_that_apply_to_a_folder() -> None:
+    parser = argparse.ArgumentParser(prog="check", exit_on_error=False)
+    add_check_arguments(parser)
+    args = parser.parse_args(["--secrets-namespace", "ns", "--manifest-size-limit", "77"])
+    assert vars(args) == {"secrets_namespace": "ns", "manifest_size_limit": 77}
+    env = {"APPGATEWAY_MANIFEST_SIZE_LIMIT": "5", "APPGATEWAY_SECRETS_NAMESPACE": "other"}
+    assert build_settings(parser.parse_args([]), environ=env) == Settings(
+        secrets_namespace="other", manifest_size_limit=5
+    )
+    assert parser.parse_known_args(["--registry", "x"])[1] == ["--registry", "x"]

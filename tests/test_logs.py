@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from appgateway.logs import (
     FLUSH_SECONDS,
     AccessLog,
     LogControl,
+    ReportFormatter,
     _millis_text,
     format_ts,
     level_name,
@@ -334,3 +336,50 @@ async def test_access_lines_are_batched_and_flushed_within_the_interval() -> Non
         control.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _record(level: int, msg: str, fields: object = None, exc: bool = False) -> logging.LogRecord:
+    record = logging.LogRecord("appgateway.registry", level, __file__, 1, msg, (), None)
+    if fields is not None:
+        record.fields = fields
+    if exc:
+        try:
+            raise KeyError("secret-value")
+        except KeyError:
+            record.exc_info = sys.exc_info()
+    return record
+
+
+ISSUE = "apps.yaml#1: Application/erp: spec.services: must be a list, not mapping"
+
+
+@pytest.mark.parametrize(
+    ("record", "line"),
+    [
+        # registry problems read as `check` prints them
+        (_record(logging.ERROR, "registry error", {"issue": ISSUE}), f"error: {ISSUE}"),
+        (
+            _record(logging.WARNING, "registry warning", {"issue": "a.yaml#1: x"}),
+            "warning: a.yaml#1: x",
+        ),
+        # anything else: the message and its fields
+        (
+            _record(logging.WARNING, "registry folder has no manifests", {"path": "/r"}),
+            "warning: registry folder has no manifests (path=/r)",
+        ),
+        (
+            _record(logging.ERROR, "registry watch failed", {"error": "gone", "issue": "x"}),
+            "error: registry watch failed (error=gone, issue=x)",
+        ),
+        (_record(logging.CRITICAL, "down"), "error: down"),
+        (_record(logging.INFO, "registry updated", {}), "info: registry updated"),
+        (_record(logging.DEBUG, "noise", "not a mapping"), "debug: noise"),
+        # an exception is named, never traced: its message may hold a secret
+        (
+            _record(logging.ERROR, "registry reload failed", {"error": "boom"}, exc=True),
+            "error: registry reload failed (error=boom, exc_type=KeyError)",
+        ),
+    ],
+)
+def test_report_lines(record: logging.LogRecord, line: str) -> None:
+    assert ReportFormatter().format(record) == line

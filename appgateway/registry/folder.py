@@ -6,6 +6,10 @@ name only manifests already known, just those are read again; anything else (a n
 file, a directory, a dot-named entry) triggers a rescan rather than trusting event details:
 ConfigMap mounts change files by swapping a `..data` symlink, which shows up only as events on
 dot-named entries. A rescan also runs at least every RESCAN_MS, in case events were lost.
+
+Anyone who can write to the folder can drop anything there, so a manifest is read only if it is
+a regular file (a FIFO would block the reload thread forever, a symlink to /dev/zero would never
+end) of at most `max_file_size` bytes; anything else is reported as a file error and skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import watchfiles
 
 from appgateway import tls
+from appgateway.config import MANIFEST_SIZE_LIMIT
 from appgateway.model import ClientCert
 from appgateway.registry import RegistryError, publish
 from appgateway.registry.parse import (
@@ -44,6 +49,13 @@ SUFFIXES = (".yaml", ".yml", ".json")
 DEBOUNCE_MS = 200
 POLL_MS = 1000
 RESCAN_MS = 10_000  # safety net for lost inotify events
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 @dataclass(slots=True)
@@ -88,6 +100,8 @@ def _check_root(root: Path) -> None:
             with root.open("rb"):
                 return
         if not root.is_dir():
+            if root.exists():
+                raise RegistryError(f"registry path {root} is neither a folder nor a regular file")
             raise RegistryError(f"registry folder {root} does not exist or is not a directory")
         with os.scandir(root):
             return
@@ -127,9 +141,17 @@ class _CertCache:
 class FolderLoader:
     """The synchronous part: scan, parse what changed, merge, build. Also used by `check`."""
 
-    def __init__(self, root: Path, *, secrets_namespace: str, load_cert: LoadCert) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        secrets_namespace: str,
+        load_cert: LoadCert,
+        max_file_size: int = MANIFEST_SIZE_LIMIT,
+    ) -> None:
         self.root = root.absolute()  # watch events name absolute paths
         self.secrets_namespace = secrets_namespace
+        self.max_file_size = max_file_size
         self.parse_count = 0
         self.scan_count = 0
         self.file_count = 0
@@ -236,12 +258,59 @@ class FolderLoader:
         if old is not None and old.stamp == stamp and not force:
             return old
         try:
-            data = path.read_bytes()
+            data = _read_manifest(path, st, self.max_file_size)
+        except _Skipped as exc:
+            return _File(stamp, file_error(name, str(exc)), _good(old))
         except OSError as exc:
             return _File(stamp, file_error(name, f"cannot read: {exc.strerror}"), _good(old))
         self.parse_count += 1
         result = parse_file(name, data)
         return _File(stamp, result, _good(old) if result.failed else result)
+
+
+class _Skipped(Exception):
+    """A manifest that is not read at all; the message says why."""
+
+
+def _read_manifest(path: Path, st: os.stat_result, limit: int) -> bytes:
+    """The bytes of `path` (whose stat is `st`), if it is a regular file of at most `limit`.
+
+    Only a regular file is opened: opening a FIFO blocks until a writer comes, and opening a
+    device can act on it. The file may be swapped between the stat and the open, so the open
+    does not block either, and the opened file is checked again.
+    """
+    _check_regular(st, limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        _check_regular(st, limit)
+        parts: list[bytes] = []
+        total = 0
+        want = st.st_size + 1  # it may still grow (or a read may be short): read to the end
+        while total <= limit:
+            chunk = os.read(fd, min(want, limit + 1 - total))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            want = 65536
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise _Skipped(_too_large(total, limit))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _check_regular(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_TYPES if test(st.st_mode)), "something else")
+        raise _Skipped(f"not a regular file but {kind}: not read")
+    if st.st_size > limit:
+        raise _Skipped(_too_large(st.st_size, limit))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"too large: {size} bytes, the limit is {limit} (--manifest-size-limit): not read"
 
 
 @contextlib.contextmanager
@@ -269,9 +338,17 @@ def _good(old: _File | None) -> ParseResult | None:
     return old.last_good if old is not None else None
 
 
-def load_snapshot(path: Path, *, secrets_namespace: str, load_cert: LoadCert) -> Snapshot:
+def load_snapshot(
+    path: Path,
+    *,
+    secrets_namespace: str,
+    load_cert: LoadCert,
+    max_file_size: int = MANIFEST_SIZE_LIMIT,
+) -> Snapshot:
     """One load, as `serve --registry` would do it first (used by `check`)."""
-    loader = FolderLoader(path, secrets_namespace=secrets_namespace, load_cert=load_cert)
+    loader = FolderLoader(
+        path, secrets_namespace=secrets_namespace, load_cert=load_cert, max_file_size=max_file_size
+    )
     snapshot = loader.load()
     return snapshot if snapshot is not None else Snapshot()
 
@@ -285,10 +362,16 @@ class FolderRegistry:
         *,
         secrets_namespace: str,
         load_cert: LoadCert = tls.load_client_cert,
+        max_file_size: int = MANIFEST_SIZE_LIMIT,
     ) -> None:
         self.ready = False
         self.on_change: Callable[[Snapshot], None] | None = None
-        self._loader = FolderLoader(path, secrets_namespace=secrets_namespace, load_cert=load_cert)
+        self._loader = FolderLoader(
+            path,
+            secrets_namespace=secrets_namespace,
+            load_cert=load_cert,
+            max_file_size=max_file_size,
+        )
         self._snapshot = Snapshot()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # one load at a time: the loader is not thread-safe

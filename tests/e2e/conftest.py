@@ -528,9 +528,21 @@ def secret(
     return doc
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes an object that appears twice out twice: the gateway refuses YAML aliases, which
+    PyYAML would otherwise write for it."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def write_manifest(folder: Path, filename: str, docs: Sequence[Doc] | str) -> Path:
     """Write a manifest atomically, so the watcher never reads half a file."""
-    text = docs if isinstance(docs, str) else yaml.safe_dump_all(list(docs), sort_keys=False)
+    text = (
+        docs
+        if isinstance(docs, str)
+        else yaml.dump_all(list(docs), Dumper=_NoAliasDumper, sort_keys=False)
+    )
     path = folder / filename
     temporary = folder / f".{filename}.tmp"
     temporary.write_text(text)

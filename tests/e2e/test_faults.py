@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -920,6 +923,135 @@ def test_malformed_yaml_while_serving(
         assert request(port, "GET", "/kept/svc/x").status == 200
         time.sleep(0.1)
     assert_healthy(gateway, "/kept/svc/after-fault")
+
+
+# Hostile files: whatever anyone who can write to the folder drops there. Each one used to crash
+# the process (nesting: SIGSEGV, exit 139), stall its reload thread for ever (a FIFO), read for
+# ever (/dev/zero) or take memory without end (an alias bomb; 30 MB -> 905 MB). Now each is
+# reported and skipped, the last valid state keeps serving and later changes still apply.
+
+_CAP_MEMORY = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+class CappedGateway(Gateway):
+    """The gateway with its address space capped at 2 GiB, so that a gateway that still read
+    /dev/zero or expanded an alias bomb would fail alone, not take the machine's memory."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _CAP_MEMORY, *super().command()[1:]]
+
+
+@contextlib.contextmanager
+def capped_gateway(folder: Path, files: dict[str, list[Doc]]) -> Iterator[Gateway]:
+    folder.mkdir(exist_ok=True)
+    for name, docs in files.items():
+        write_manifest(folder, name, docs)
+    gateway = CappedGateway(folder)
+    try:
+        yield gateway.start()
+    finally:
+        gateway.close()
+
+
+def _swap_in(path: Path, make: Callable[[Path], object]) -> None:
+    """Makes the hostile file beside `path`, then renames it over `path` in one step."""
+    temporary = path.with_name(f".{path.name}.new")
+    make(temporary)
+    os.replace(temporary, path)
+
+
+def _nested(path: Path) -> str:
+    _swap_in(path, lambda p: p.write_text("[" * 60_000))
+    return "invalid YAML at line 1, column 101: nested more than 100 levels deep"
+
+
+def _alias_bomb(path: Path) -> str:
+    lines = ["apiVersion: v1", "kind: List", "items:", "- &l0 {apiVersion: v1, kind: List}"]
+    for level in range(1, 10):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"- &l{level} {{apiVersion: v1, kind: List, items: [{refs}]}}")
+    _swap_in(path, lambda p: p.write_text("\n".join(lines) + "\n"))
+    return (
+        "invalid YAML at line 4, column 3: "
+        "anchors and aliases are not allowed (the node anchored here is used again)"
+    )
+
+
+def _huge(path: Path) -> str:
+    head = "apiVersion: v1\nkind: Secret\nmetadata: {name: huge}\nstringData:\n"
+    text = head + "".join(f"  k{i:06d}: {'v' * 90}\n" for i in range(300_000))
+    _swap_in(path, lambda p: p.write_text(text))
+    return f"too large: {len(text)} bytes, the limit is 1048576 (--manifest-size-limit): not read"
+
+
+def _fifo(path: Path) -> str:
+    _swap_in(path, os.mkfifo)
+    return "not a regular file but a FIFO: not read"
+
+
+def _dev_zero(path: Path) -> str:
+    _swap_in(path, lambda p: p.symlink_to("/dev/zero"))
+    return "not a regular file but a character device: not read"
+
+
+HOSTILE_FILES = [_nested, _alias_bomb, _huge, _fifo, _dev_zero]
+
+
+def _issue_logged(gateway: Gateway, issue: str) -> bool:
+    line = gateway.wait_log(lambda x: x.get("issue") == issue, APPLY_WITHIN + SLACK)
+    return line is not None and line["level"] == "error" and line["msg"] == "registry error"
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_FILES, ids=lambda f: f.__name__[1:])
+def test_hostile_file_replacing_a_manifest_keeps_its_last_valid_state(
+    tmp_path: Path, upstream: MockUpstream, hostile: Callable[[Path], str]
+) -> None:
+    files = {"apps.yaml": [application("kept", [service("svc", [api(upstream.base)])])]}
+    with capped_gateway(tmp_path / "registry", files) as gateway:
+        port = gateway.proxy_port
+        assert request(port, "GET", "/kept/svc/x").status == 200
+        peak_kb = gateway.rss_peak_kb()
+        problem = hostile(gateway.registry / "apps.yaml")
+        assert _issue_logged(gateway, f"apps.yaml: {problem}"), gateway.stderr_text()
+        assert request(port, "GET", "/kept/svc/x").status == 200  # apps.yaml's last valid state
+        # The reload thread is free: a later change still applies within 2 s.
+        fresh = [application("fresh", [service("svc", [api(upstream.base)])])]
+        write_manifest(gateway.registry, "fresh.yaml", fresh)
+        ok = wait_until(lambda: request(port, "GET", "/fresh/svc/x").status == 200, 2.5)
+        assert ok is not None, gateway.stderr_text()
+        assert gateway.rss_peak_kb() - peak_kb < 64 * 1024
+        assert_healthy(gateway, "/kept/svc/after-fault")
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_FILES, ids=lambda f: f.__name__[1:])
+def test_hostile_file_at_startup_is_skipped(
+    tmp_path: Path, upstream: MockUpstream, hostile: Callable[[Path], str]
+) -> None:
+    """`serve` exited 139 on the nested file, and never got ready on the FIFO or /dev/zero."""
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    problem = hostile(folder / "hostile.yaml")
+    files = {"apps.yaml": [application("kept", [service("svc", [api(upstream.base)])])]}
+    with capped_gateway(folder, files) as gateway:
+        assert _issue_logged(gateway, f"hostile.yaml: {problem}"), gateway.stderr_text()
+        assert request(gateway.proxy_port, "GET", "/kept/svc/x").status == 200
+        assert_healthy(gateway, "/kept/svc/after-fault")
+
+
+def test_check_exits_1_with_the_reason_on_the_nested_file(tmp_path: Path) -> None:
+    """It crashed with SIGSEGV (exit 139) in libyaml's composer."""
+    problem = _nested(tmp_path / "nested.yaml")
+    done = subprocess.run(
+        [sys.executable, "-m", "appgateway", "check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0] == f"error: nested.yaml: {problem}"
 
 
 def test_duplicate_names_keep_the_first(

@@ -1,19 +1,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from appgateway.config import MANIFEST_SIZE_LIMIT
 from appgateway.errors import NotFound
 from appgateway.model import API, BasicAuth
 from appgateway.registry import RegistryError
-from appgateway.registry.folder import FolderLoader, FolderRegistry, load_snapshot
+from appgateway.registry.folder import (
+    FolderLoader,
+    FolderRegistry,
+    _read_manifest,
+    _Skipped,
+    load_snapshot,
+)
 from appgateway.registry.snapshot import Snapshot
 from appgateway.tls import load_client_cert
 
@@ -477,3 +486,171 @@ def test_loading_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
         assert gc.get_freeze_count() >= frozen > 0
     finally:
         gc.unfreeze()
+
+
+# -- Hostile files: what any writer to the folder can drop there (issue 13, items 3, 4, 17, 18) --
+
+
+@contextlib.contextmanager
+def fifo(path: Path) -> Iterator[Path]:
+    """A FIFO renamed onto `path`. On exit a writer comes and goes, so that a reader stuck on it
+    (the loader before FIFOs were skipped) gets end-of-file instead of blocking for ever."""
+    temporary = path.with_name(f".{path.name}.fifo")
+    os.mkfifo(temporary)
+    os.replace(temporary, path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nobody to release
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def loader_limited(path: Path, limit: int) -> FolderLoader:
+    return FolderLoader(
+        path, secrets_namespace="kyma-system", load_cert=load_client_cert, max_file_size=limit
+    )
+
+
+async def test_a_fifo_is_reported_and_never_opened(started: Factory, tmp_path: Path) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    with fifo(tmp_path / "pipe.yaml"):
+        registry = await asyncio.wait_for(started(tmp_path), 5)
+        assert user(registry.snapshot()) == "alice"
+        assert issue_texts(registry.snapshot()) == [
+            "pipe.yaml: not a regular file but a FIFO: not read"
+        ]
+
+
+async def test_a_manifest_swapped_for_a_fifo_keeps_its_objects(
+    started: Factory, tmp_path: Path
+) -> None:
+    """Reading it stalled the reload thread for ever, silently: no later change applied."""
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    registry = await started(tmp_path)
+    with fifo(tmp_path / "secrets.yaml"):
+        expected = ["secrets.yaml: not a regular file but a FIFO: not read"]
+        await eventually(lambda: issue_texts(registry.snapshot()) == expected)
+        assert user(registry.snapshot()) == "alice"  # the Secret's last valid version
+        (tmp_path / "apps.yaml").write_text(app_yaml(service="Orders2"))
+        await eventually(lambda: user(registry.snapshot(), service="orders2") == "alice")
+
+
+def _socket_at(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+def _bad_apps(tmp_path: Path, kind: str) -> None:
+    """Replaces apps.yaml with a hostile `kind` of file."""
+    path = tmp_path / "apps.yaml"
+    path.unlink()
+    if kind == "dev-null":
+        path.symlink_to(os.devnull)
+    elif kind == "socket":
+        _socket_at(path)
+    elif kind == "too-large":
+        path.write_text(app_yaml() + "#" * 2000 + "\n")
+    elif kind == "nested":
+        path.write_text(app_yaml() + "  x: " + "[" * 150 + "]" * 150 + "\n")
+    elif kind == "aliases":
+        path.write_text(app_yaml() + "---\n" + "apiVersion: v1\nkind: List\nitems: [&a {}, *a]\n")
+
+
+HOSTILE = [
+    ("dev-null", "apps.yaml: not a regular file but a character device: not read"),
+    ("socket", "apps.yaml: not a regular file but a socket: not read"),
+    (
+        "too-large",
+        "apps.yaml: too large: 2293 bytes, the limit is 2000 (--manifest-size-limit): not read",
+    ),
+    ("nested", "apps.yaml: invalid YAML at line 12, column 104: nested more than 100 levels deep"),
+    (
+        "aliases",
+        "apps.yaml: invalid YAML at line 15, column 9: anchors and aliases are not allowed "
+        "(the node anchored here is used again)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "issue"), HOSTILE, ids=[k for k, _ in HOSTILE])
+def test_a_hostile_file_is_reported_and_its_last_valid_state_kept(
+    tmp_path: Path, kind: str, issue: str
+) -> None:
+    (tmp_path / "apps.yaml").write_text(app_yaml())
+    (tmp_path / "secrets.yaml").write_text(secret_yaml())
+    loader = loader_limited(tmp_path, 2000)
+    first = loader.load()
+    assert first is not None and user(first) == "alice" and first.issues == ()
+    _bad_apps(tmp_path, kind)
+    snapshot = loader.load()
+    assert snapshot is not None
+    assert issue_texts(snapshot) == [issue]
+    assert user(snapshot) == "alice"  # the Application of apps.yaml's last valid version
+    assert fresh_limited(tmp_path, 2000).routes == ()  # nothing valid to fall back on
+    assert issue_texts(fresh_limited(tmp_path, 2000)) == [issue]
+
+
+def fresh_limited(path: Path, limit: int) -> Snapshot:
+    return load_snapshot(
+        path, secrets_namespace="kyma-system", load_cert=load_client_cert, max_file_size=limit
+    )
+
+
+@pytest.mark.parametrize(("size", "read"), [(1000, True), (1001, False)])
+def test_the_size_limit_is_inclusive(tmp_path: Path, size: int, read: bool) -> None:
+    text = secret_yaml()
+    (tmp_path / "s.yaml").write_text(text + "#" * (size - len(text) - 1) + "\n")
+    loader = loader_limited(tmp_path, 1000)
+    snapshot = loader.load()
+    assert snapshot is not None
+    assert loader.parse_count == int(read)
+    if read:
+        assert snapshot.issues == ()
+    else:
+        assert issue_texts(snapshot) == [
+            "s.yaml: too large: 1001 bytes, the limit is 1000 (--manifest-size-limit): not read"
+        ]
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    """Parsing took up to 200 times a file's size (30 MB: 905 MB); by default 1 MiB is the most."""
+    with (tmp_path / "huge.yaml").open("wb") as file:
+        file.truncate(30 * 1024 * 1024)  # sparse: its zeros are never read
+    loader = loader_for(tmp_path)
+    snapshot = loader.load()
+    assert snapshot is not None and loader.parse_count == 0
+    assert issue_texts(snapshot) == [
+        "huge.yaml: too large: 31457280 bytes, the limit is 1048576 (--manifest-size-limit): "
+        "not read"
+    ]
+
+
+@pytest.mark.parametrize("swap", ["fifo", "grown"])
+def test_a_file_changed_after_its_stat_is_checked_again(tmp_path: Path, swap: str) -> None:
+    """Between the loader's stat and its open, the file may be replaced or grow."""
+    path = tmp_path / "apps.yaml"
+    path.write_text(app_yaml())
+    st = path.stat()
+    if swap == "fifo":
+        path.unlink()
+        with fifo(path), pytest.raises(_Skipped, match="^not a regular file but a FIFO"):
+            _read_manifest(path, st, MANIFEST_SIZE_LIMIT)
+    else:
+        path.write_text(app_yaml() * 10)
+        with pytest.raises(_Skipped, match="^too large"):
+            _read_manifest(path, st, st.st_size)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-null"])
+def test_a_registry_path_that_is_no_file_or_folder_is_a_registry_error(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "registry"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(os.devnull)
+    with pytest.raises(RegistryError, match="is neither a folder nor a regular file"):
+        fresh(path)

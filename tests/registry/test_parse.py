@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
-from typing import cast
 
 import pytest
 import yaml
 
 from appgateway.registry.parse import (
+    _COLUMNS,
+    _FLOW_OPENERS,
+    _FLOW_PASSES,
     AppDoc,
     CredentialsDoc,
     EntryDoc,
@@ -16,6 +20,7 @@ from appgateway.registry.parse import (
     SecretDoc,
     ServiceDoc,
     _load_all,
+    _shallow,
     merge,
     object_key,
     parse_file,
@@ -497,8 +502,6 @@ YAML_TREES = [
     "a: b\nc: [d, 'e', \"f\", ~, null, '', true, False, yes, NO, on]\n---\n- {x: {y: z}}\n",
     "a: 1\nb: -2.5\nc: 0x1f\nd: 2024-01-02\ne: 2024-01-02T03:04:05Z\nf: .inf\ng: 1_000\n",
     "a: !!str 123\nb: !!binary aGk=\nc: !!set {x, y}\nd: !!omap [{k: v}]\ne: !!pairs [{k: v}]\n",
-    "base: &b {x: 1, y: 2}\nother: {<<: *b, y: 3}\nlist: [*b, *b]\n",
-    "s: &s text\nt: *s\n",
     "? [complex, key]\n: v\n",
     "~: null key\n1: int key\ntrue: bool key\n",
     "a: 1\na: 2\n",
@@ -510,7 +513,8 @@ YAML_TREES = [
     "a: !!python/object:os.system x\n",
     "a: [1, *undefined]\n",
     "a: b: c\n",
-    "x: &r [*r]\n",
+    "unused: &anchor x\n",  # an anchor no alias names is harmless
+    "<<: {a: 1}\nb: 2\n",  # a merge key without an alias
 ]
 
 
@@ -528,32 +532,24 @@ def test_yaml_documents_are_what_pyyaml_makes_of_them(text: str) -> None:
 
     ours = load(_load_all(text))
     theirs = load(yaml.load_all(text, Loader=yaml.CSafeLoader))
-    if text.startswith("x: &r"):  # a cycle: equal shapes, not comparable with ==
-        assert isinstance(ours, list) and isinstance(theirs, list)
-        for tree in (ours[0], theirs[0]):
-            assert isinstance(tree, dict) and tree["x"][0] is tree["x"]
-        return
     assert ours == theirs
     assert repr(ours) == repr(theirs)  # types too: 1 == True, 0 == False
-    if text.startswith("base:"):
-        tree = cast(list[dict[str, list[object]]], ours)[0]
-        assert tree["list"][0] is tree["list"][1]  # aliases share, as in PyYAML
 
 
-def test_anchors_and_merge_keys_in_manifests() -> None:
+def test_merge_keys_without_aliases_in_manifests() -> None:
     result = parse(
         "s.yaml",
         """\
         apiVersion: v1
         kind: Secret
         metadata: {name: s}
-        stringData: {<<: {username: alice}, password: &p pw, again: *p}
+        stringData: {<<: {username: alice}, password: pw}
         """,
     )
     assert result.issues == ()
     secret = result.objects[0]
     assert isinstance(secret, SecretDoc)
-    assert dict(secret.data) == {"username": b"alice", "password": b"pw", "again": b"pw"}
+    assert dict(secret.data) == {"username": b"alice", "password": b"pw"}
 
 
 @pytest.mark.parametrize(
@@ -603,3 +599,222 @@ def test_confine_path_annotation(annotations: str, confined: bool, issues: list[
     assert [str(i) for i in result.issues] == issues
     apps = [o for o in result.objects if isinstance(o, AppDoc)]
     assert [app.confine_path for app in apps] == ([] if issues else [confined])
+
+
+# -- Limits: nesting depth, aliases, documents per file (issue 13, items 3 and 4) -------------
+
+SECRET_HEAD = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+NESTED = "nested more than 100 levels deep"
+ALIASED = "anchors and aliases are not allowed (the node anchored here is used again)"
+
+
+def flow(depth: int, inner: str = "x", pair: tuple[str, str] = ("[", "]")) -> str:
+    return pair[0] * depth + inner + pair[1] * depth
+
+
+def indented(depth: int) -> str:
+    """`depth` block mappings, each one space right of its parent."""
+    return "".join(" " * i + "a:\n" for i in range(depth - 1)) + " " * (depth - 1) + "a: x\n"
+
+
+def alias_bomb(levels: int, width: int) -> str:
+    """Nested `kind: List`s whose items are aliases of the level below: width**levels Secrets."""
+    lines = [
+        "apiVersion: v1",
+        "kind: List",
+        "items:",
+        "- &l0 {apiVersion: v1, kind: Secret, metadata: {name: s}, stringData: {a: b}}",
+    ]
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*l{level - 1}"] * width)
+        lines.append(f"- &l{level} {{apiVersion: v1, kind: List, items: [{refs}]}}")
+    return "\n".join(lines) + "\n"
+
+
+def refused(problem: str) -> list[str]:
+    return [f"f.yaml: {problem}"]
+
+
+def at(line: int, column: int, problem: str) -> list[str]:
+    return refused(f"invalid YAML at line {line}, column {column}: {problem}")
+
+
+TOO_MANY = "more than 100000 documents and List items (split the file)"
+NOT_A_MAPPING = ["f.yaml#1: document must be a mapping, not list"]
+
+LIMITS = [
+    pytest.param(SECRET_HEAD + "x: " + flow(99), [], id="flow-100-levels"),
+    pytest.param(SECRET_HEAD + "x: " + flow(100), at(4, 103, NESTED), id="flow-101-levels"),
+    pytest.param(
+        SECRET_HEAD + "x: " + flow(100, "a: b", ("{", "}")), at(4, 103, NESTED), id="flow-maps"
+    ),
+    pytest.param("- " * 100 + "x\n", NOT_A_MAPPING, id="compact-sequences-100"),
+    pytest.param("- " * 101 + "x\n", at(1, 201, NESTED), id="compact-101"),
+    pytest.param(indented(100), ["f.yaml#1: kind: is required"], id="indented-100"),
+    pytest.param(indented(101), at(101, 101, NESTED), id="indented-101"),
+    pytest.param("a:\n  b:\n  - " + flow(98), at(3, 102, NESTED), id="block-then-flow"),
+    pytest.param("[" * 5000, at(1, 101, NESTED), id="unclosed-5000"),
+    pytest.param("[\n" * 5000, at(101, 1, NESTED), id="one-per-line"),
+    pytest.param(SECRET_HEAD + "---\n" + flow(101), at(5, 101, NESTED), id="second-document"),
+    pytest.param("n: 1\nx: " + flow(100), at(2, 103, NESTED), id="constructed-document"),
+    pytest.param("a: &x 1\nb: *x\n", at(1, 4, ALIASED), id="scalar-alias"),
+    pytest.param("a: &x {k: v}\nb: [*x]\n", at(1, 4, ALIASED), id="map-alias"),
+    pytest.param("k: &k a\n*k : b\n", at(1, 4, ALIASED), id="key-alias"),
+    pytest.param("x: &r [*r]\n", at(1, 4, ALIASED), id="cycle"),
+    pytest.param("base: &b {x: 1}\nother: {<<: *b, y: 2}\n", at(1, 7, ALIASED), id="merge-key"),
+    pytest.param("n: 1\na: &x [s]\nb: *x\n", at(2, 4, ALIASED), id="alias-constructed"),
+    pytest.param(alias_bomb(3, 3), at(4, 3, ALIASED), id="alias-bomb-27"),
+    pytest.param("---\n" * 100_000, [], id="100000-documents"),
+    pytest.param("---\n" * 100_001, refused(TOO_MANY), id="100001-documents"),
+    pytest.param(
+        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 99_999,
+        [f"f.yaml#1.items[{i}]: kind: is required" for i in range(99_999)],
+        id="list-of-99999",
+    ),
+    pytest.param(
+        "apiVersion: v1\nkind: List\nitems:\n" + "- {}\n" * 100_000,
+        refused(TOO_MANY),
+        id="list-of-100000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LIMITS)
+def test_limits_refuse_the_whole_file(text: str, expected: list[str]) -> None:
+    """Beyond a limit the file fails as a whole, like a syntax error: everything it defined
+    before stays (registry.md §4)."""
+    result = parse_file("f.yaml", text.encode())
+    assert [str(i) for i in result.issues] == expected
+    assert result.failed is ("f.yaml" in [i.location for i in result.issues])
+    assert all(i.severity == "error" for i in result.issues)
+
+
+def test_json_list_items_are_capped() -> None:
+    items = ",".join(
+        ['{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}'] * 100_000
+    )
+    text = '{"apiVersion": "v1", "kind": "List", "items": [' + items + "]}"
+    result = parse_file("f.json", text.encode())
+    assert [str(i) for i in result.issues] == [
+        "f.json: more than 100000 documents and List items (split the file)"
+    ]
+
+
+@pytest.mark.timeout(20)
+def test_alias_bomb_is_refused_at_once() -> None:
+    """10**9 Secrets in 1 KB: before aliases were refused, the Lists expanded without end."""
+    text = alias_bomb(9, 10)
+    assert len(text) < 1100
+    result = parse_file("bomb.yaml", text.encode())
+    assert [str(i) for i in result.issues] == [
+        f"bomb.yaml: invalid YAML at line 4, column 3: {ALIASED}"
+    ]
+    assert result.failed
+
+
+@pytest.mark.parametrize("size", [60_000, 1_000_000])
+def test_nesting_that_overflowed_the_c_stack_is_refused(size: int) -> None:
+    """libyaml's composer recursed once per level: this crashed the process (SIGSEGV). Run in a
+    child process, so that a crash fails this test only."""
+    code = (
+        "import sys; from appgateway.registry.parse import parse_file; "
+        "print(*parse_file('deep.yaml', b'[' * int(sys.argv[1])).issues, sep='\\n')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(size)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"deep.yaml: invalid YAML at line 1, column 101: {NESTED}\n"
+
+
+BOUND = 2 * (_FLOW_OPENERS + 2 * _FLOW_PASSES) + 2 * _COLUMNS
+
+
+def _true_depth(text: str) -> int:
+    """The deepest nesting libyaml's parser reports before the end or the first error."""
+    depth = deepest = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                depth += 1
+                deepest = max(deepest, depth)
+            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return deepest
+
+
+# Deep texts that try to hide their depth from the cheap bound: closers in quotes, comments and
+# tags, line breaks the bound does not see, empty pairs to be dropped, nesting by indentation or
+# by compact indicators.
+DISGUISED = [
+    '[ "]", ' * 2000,
+    "[ ']', " * 2000,
+    "[ # ]\n" * 2000,
+    "[ !<]> " * 2000,
+    "[ !!seq " * 2000,
+    "[ &a " * 2000,
+    "[ a: " * 2000,
+    "[ ? " * 2000,
+    "{ a: " * 2000,
+    "[ [], " * 2000,
+    "[{}, " * 2000,
+    "[\n" * 2000,
+    "[\r" * 2000,
+    "[\u2028" * 2000,
+    "- " * 2000 + "x",
+    "? " * 2000 + "x",
+    "- ? " * 1000 + "x",
+    "\r".join(" " * i + "a:" for i in range(2000)),
+    "\u2028".join(" " * i + "a:" for i in range(2000)),
+    "\u0085".join(" " * i + "a:" for i in range(2000)),
+    "\n".join(" " * i + "- a:" for i in range(0, 2000, 2)),
+    "\n".join(" " * (i // 2) + ("- " if i % 2 else "a:") for i in range(2000)),
+    "".join(" " * i + "a:\n" for i in range(249)) + " " * 249 + "a: " + "[ [], " * 800,
+]
+
+
+@pytest.mark.parametrize("text", DISGUISED, ids=range(len(DISGUISED)))
+def test_cheap_bound_never_passes_deep_text(text: str) -> None:
+    assert _true_depth(text) >= BOUND  # deep indeed, for libyaml
+    assert not _shallow(text.encode())
+
+
+ORDINARY = [
+    GOOD_APP,
+    "---\n".join([GOOD_APP.replace("erp", f"app{i}") for i in range(500)]),
+    SECRET_HEAD
+    + "data:\n  crt: "
+    + "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2sx" * 100
+    + "\n",
+    SECRET_HEAD + "stringData:\n  crt: |\n" + "    -----BEGIN CERTIFICATE-----\n" * 50,
+    "items: [\n"
+    + "  {kind: Secret, metadata: {name: s, labels: {a: b}}, data: {}},\n" * 300
+    + "]\n",
+    "apiVersion: v1\nkind: List\nitems:\n"
+    + "- {apiVersion: v1, kind: Secret, metadata: {name: s}, stringData: {a: b}}\n" * 3000,
+]
+
+
+@pytest.mark.parametrize("text", ORDINARY, ids=range(len(ORDINARY)))
+def test_cheap_bound_passes_ordinary_manifests(text: str) -> None:
+    """Else they would pay for an exact scan as long as their load."""
+    assert _shallow(text.encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SECRET_HEAD + "x: [" + ", ".join(['{"a": "b"}'] * 300) + "]\n",
+        SECRET_HEAD + "x: '" + "-" * 300 + "'\n",
+        "apiVersion: v1\nkind: List\nitems:\n"
+        + '- metadata: {name: s, annotations: {a: \'{"b":{"c":{}}}\'}}\n'
+        "  kind: Secret\n  apiVersion: v1\n" * 100,
+    ],
+    ids=["quoted-flow", "far-indicator", "quoted-json"],
+)
+def test_exact_scan_accepts_what_the_cheap_bound_cannot_prove(text: str) -> None:
+    assert not _shallow(text.encode())
+    result = parse_file("f.yaml", text.encode())
+    assert result.issues == () and len(result.objects) >= 1
