@@ -42,7 +42,7 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
 	touch $@
 
 uv.lock: pyproject.toml | $(UV)
