@@ -184,7 +184,7 @@ def test_deployment_for_availability(folder: str) -> None:
     for constraint in spread.values():
         assert constraint["labelSelector"]["matchLabels"] == own
     priority = find(docs, "PriorityClass", pod["priorityClassName"])
-    assert 0 < priority["value"] <= 1_000_000_000 and not priority["globalDefault"]
+    assert 0 < priority["value"] <= 1_000_000_000 and not priority.get("globalDefault")
     hpa = find(docs, "HorizontalPodAutoscaler", "appgateway")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",

@@ -215,6 +215,10 @@ def test_not_ready_until_the_api_answers(gateways: Factory) -> None:
     assert request(gateway.admin_port, "GET", "/v1/ready").status == 503
     assert request(gateway.admin_port, "GET", "/v1/health").status == 200
     assert request(gateway.proxy_port, "GET", "/any/service/x").status == 503
+    # Nothing was loaded, so no sync is reported (the RegistryNotSynced alert relies on it).
+    metrics = request(gateway.admin_port, "GET", "/metrics").body.decode().splitlines()
+    assert "appgateway_registry_last_sync_timestamp_seconds 0.0" in metrics
+    assert not [line for line in metrics if line.startswith("appgateway_registry_reloads_total")]
 
 
 def test_unusable_kubeconfig_exits_2(tmp_path: Path) -> None:
