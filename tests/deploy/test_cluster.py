@@ -116,7 +116,9 @@ def pod_from(template: Json, name: str) -> Json:
 def selected(kube: KubeCluster, selector: dict[str, str]) -> set[str]:
     """Pod names the API server itself selects with `selector`."""
     query = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-    found = kube.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", params={"labelSelector": query})
+    found = kube.call(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/pods", params={"labelSelector": query}
+    )
     return {item["metadata"]["name"] for item in found["items"]}
 
 
@@ -191,7 +193,11 @@ def test_module_removed_overlay_after_the_module(
     """Once the module (and its Service) are gone, kyma-module-removed brings back a Service
     with the old name and Kyma's selector, which selects appgateway's pods."""
     docs = render("overlays/kyma-module-removed")
-    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == KYMA_SERVICE["metadata"]["name"])
+    service = next(
+        d
+        for d in docs
+        if d["kind"] == "Service" and d["metadata"]["name"] == KYMA_SERVICE["metadata"]["name"]
+    )
     cleanup.append(service)
     manifest = tmp_path / "service.yaml"
     manifest.write_text(yaml.safe_dump(service))

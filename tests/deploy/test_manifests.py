@@ -347,7 +347,10 @@ def test_all_traffic_routes_to_existing_ports() -> None:
             assert port == match["port"]
             assert port in {p["port"] for p in services[host]["spec"]["ports"]}, (host, port)
             weights[host] = leg["weight"]
-        assert weights == {fqdn.format("appgateway"): 100, fqdn.format("central-application-gateway"): 0}
+        assert weights == {
+            fqdn.format("appgateway"): 100,
+            fqdn.format("central-application-gateway"): 0,
+        }
     assert sorted(matched) == [8080, 8082]
 
 

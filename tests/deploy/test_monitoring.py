@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,22 @@ POD_B = 'job="appgateway", namespace="kyma-system", pod="appgateway-b", instance
 API = 'listener="proxy", app="shop", service="orders"'
 ORDERS = {"namespace": "kyma-system", "app": "shop", "service": "orders"}
 SYNCED = "1700000000"
+LAST_SYNC = f"appgateway_registry_last_sync_timestamp_seconds{{{POD}}}"
+ANSWERED = f'appgateway_requests_total{{{POD}, {API}, method="GET", code="200", class="2xx"}}'
+FAILED = f'appgateway_requests_total{{{POD}, {API}, method="GET", code="502", class="5xx"}}'
+STEADY = "0+60x60"
+"""One request a second for an hour."""
+FAILING = "0+12x30 360x30"
+"""0.2 a second for half an hour, then none."""
+
+
+def upstream_errors(kind: str) -> str:
+    return f'appgateway_upstream_errors_total{{{POD}, app="shop", service="orders", kind="{kind}"}}'
+
+
+def fetches(metric: str, result: str, flavour: str = "") -> str:
+    extra = f', flavour="{flavour}"' if flavour else ""
+    return f'appgateway_{metric}_fetches_total{{{POD}{extra}, result="{result}"}}'
 
 
 @dataclass(frozen=True)
@@ -78,36 +94,26 @@ class Case:
     fires: str
     resolved: str
     quiet: str = "5m"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 CASES = [
     Case(
         "AppGatewayHighErrorRatio",
-        {
-            f'appgateway_requests_total{{{POD}, {API}, method="GET", code="200", class="2xx"}}': "0+60x60",
-            f'appgateway_requests_total{{{POD}, {API}, method="GET", code="502", class="5xx"}}': "0+12x30 360x30",
-        },
+        {ANSWERED: STEADY, FAILED: FAILING},
         ORDERS,
         fires="20m",
         resolved="45m",
     ),
     Case(
         "AppGatewayUpstreamErrors",
-        {
-            f'appgateway_requests_total{{{POD}, {API}, method="GET", code="200", class="2xx"}}': "0+60x60",
-            f'appgateway_upstream_errors_total{{{POD}, app="shop", service="orders", kind="connect"}}': "0+12x30 360x30",
-        },
+        {ANSWERED: STEADY, upstream_errors("connect"): FAILING},
         {**ORDERS, "kind": "connect"},
         fires="20m",
         resolved="45m",
     ),
     Case(
         "AppGatewayUpstreamTimeouts",
-        {
-            f'appgateway_requests_total{{{POD}, {API}, method="GET", code="200", class="2xx"}}': "0+60x60",
-            f'appgateway_upstream_errors_total{{{POD}, app="shop", service="orders", kind="timeout"}}': "0+12x30 360x30",
-        },
+        {ANSWERED: STEADY, upstream_errors("timeout"): FAILING},
         ORDERS,
         fires="20m",
         resolved="45m",
@@ -115,8 +121,8 @@ CASES = [
     Case(
         "AppGatewayTokenFetchFailures",
         {
-            f'appgateway_token_fetches_total{{{POD}, flavour="oauth", result="ok"}}': "0+1x60",
-            f'appgateway_token_fetches_total{{{POD}, flavour="oauth", result="error"}}': "0+1x30 30x30",
+            fetches("token", "ok", "oauth"): "0+1x60",
+            fetches("token", "error", "oauth"): "0+1x30 30x30",
         },
         {"namespace": "kyma-system", "flavour": "oauth"},
         fires="20m",
@@ -124,17 +130,14 @@ CASES = [
     ),
     Case(
         "AppGatewayCsrfFetchFailures",
-        {
-            f'appgateway_csrf_fetches_total{{{POD}, result="ok"}}': "0+1x60",
-            f'appgateway_csrf_fetches_total{{{POD}, result="error"}}': "0+1x30 30x30",
-        },
+        {fetches("csrf", "ok"): "0+1x60", fetches("csrf", "error"): "0+1x30 30x30"},
         {"namespace": "kyma-system"},
         fires="20m",
         resolved="45m",
     ),
     Case(
         "AppGatewayRegistryNotSynced",
-        {f"appgateway_registry_last_sync_timestamp_seconds{{{POD}}}": f"0x20 {SYNCED}x40"},
+        {LAST_SYNC: f"0x20 {SYNCED}x40"},
         {
             "job": "appgateway",
             "namespace": "kyma-system",
@@ -149,7 +152,7 @@ CASES = [
         # Replica b misses a new Application for 30 minutes, then catches up.
         "AppGatewayRegistryStale",
         {
-            f"appgateway_registry_last_sync_timestamp_seconds{{{POD}}}": f"{SYNCED}x70",
+            LAST_SYNC: f"{SYNCED}x70",
             f"appgateway_registry_last_sync_timestamp_seconds{{{POD_B}}}": f"{SYNCED}x70",
             f"appgateway_registry_applications{{{POD}}}": "4x10 5x60",
             f"appgateway_registry_applications{{{POD_B}}}": "4x40 5x30",
@@ -165,8 +168,8 @@ CASES = [
         # The only replica cannot be scraped for 20 minutes (its series go stale).
         "AppGatewayNoReadyReplica",
         {
-            f'up{{{POD}}}': "1x10 0x20 1x30",
-            f"appgateway_registry_last_sync_timestamp_seconds{{{POD}}}": f"{SYNCED}x10 _x20 {SYNCED}x30",
+            f"up{{{POD}}}": "1x10 0x20 1x30",
+            LAST_SYNC: f"{SYNCED}x10 _x20 {SYNCED}x30",
         },
         {"namespace": "kyma-system"},
         fires="25m",
@@ -177,8 +180,8 @@ CASES = [
         # No target at all for 10 minutes (nothing deployed, or every pod gone).
         "AppGatewayNoReadyReplica",
         {
-            f'up{{{POD}}}': "_x10 1x30",
-            f"appgateway_registry_last_sync_timestamp_seconds{{{POD}}}": f"_x10 {SYNCED}x30",
+            f"up{{{POD}}}": "_x10 1x30",
+            LAST_SYNC: f"_x10 {SYNCED}x30",
         },
         {"job": "appgateway"},
         fires="8m",
@@ -280,7 +283,11 @@ def registry_docs(upstream: MockUpstream, mock: CredentialsAPI) -> list[Doc]:
     basic = {"type": "Basic", "secretName": "basic-good"}
 
     def oauth(tag: str) -> Doc:
-        return {"type": "OAuth", "secretName": "oauth-main", "authenticationUrl": f"{plain}/token/{tag}"}
+        return {
+            "type": "OAuth",
+            "secretName": "oauth-main",
+            "authenticationUrl": f"{plain}/token/{tag}",
+        }
 
     def csrf(tag: str) -> Doc:
         return {**basic, "csrfInfo": {"tokenEndpointURL": f"{plain}/csrf/{tag}/token"}}
@@ -328,7 +335,11 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
             folder.mkdir()
         docs = registry_docs(upstream, mock)
         write_manifest(folders[0], "apps.yaml", docs)
-        write_manifest(folders[1], "apps.yaml", [application("shop", [service("Orders", [api(f"{upstream.base}/v1")])])])
+        write_manifest(
+            folders[1],
+            "apps.yaml",
+            [application("shop", [service("Orders", [api(f"{upstream.base}/v1")])])],
+        )
         args = ["--proxy-timeout", str(PROXY_TIMEOUT)]
         for gateway in (
             Gateway(folders[0], args),
@@ -338,7 +349,11 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
             started.append(gateway.start())
         # What the ServiceMonitor makes of three pods: job "appgateway", namespace and pod labels.
         config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
             "rule_files": [str(write_rules(tmp_path / "rules.yaml"))],
             "scrape_configs": [
                 {
@@ -356,7 +371,8 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
         folder = tmp_path / "prometheus"
         folder.mkdir()
         prometheus = Prometheus(folder, config, free_port()).start()
-        yield Stand(*started, prometheus=prometheus)
+        loaded, smaller, unsynced = started
+        yield Stand(loaded, smaller, unsynced, prometheus)
     finally:
         if prometheus is not None:
             prometheus.stop()
