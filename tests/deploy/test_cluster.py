@@ -30,7 +30,15 @@ from tests.deploy.kustomize import (
     pod_template,
     render,
 )
-from tests.kube import ADMIN_TOKEN, KubeCluster, missing_fields, shared_cluster, unique
+from tests.kube import (
+    ADMIN_TOKEN,
+    KubeCluster,
+    api_service,
+    application,
+    missing_fields,
+    shared_cluster,
+    unique,
+)
 
 pytestmark = pytest.mark.timeout(1500)  # the first test may build kube-apiserver
 
@@ -207,3 +215,33 @@ def test_module_removed_overlay_after_the_module(
     stored = kube.call("GET", kube.resource_path(service))
     assert stored["spec"]["selector"] == KYMA_SELECTOR
     assert sorted(p["port"] for p in stored["spec"]["ports"]) == [8080, 8082]
+
+
+def test_applications_backup_restores(
+    kube: KubeCluster, tmp_path: Path, cleanup: list[Json]
+) -> None:
+    """deploy/README.md's backup before any module removal, and its restore: every
+    Application comes back with its spec (kubectl apply creates them afresh)."""
+    docs = [
+        application(unique("backup"), [api_service("Orders", "https://erp.example.com/o")]),
+        application(unique("backup"), [api_service("Stock", "https://erp.example.com/s")]),
+    ]
+    for doc in docs:
+        cleanup.append(doc)
+        kube.apply(doc)
+    config = kube.kubeconfig(tmp_path / "kubeconfig", token=ADMIN_TOKEN)
+    backup = kubectl(
+        config, "get", "applications.applicationconnector.kyma-project.io", "-o", "yaml"
+    )
+    assert backup.returncode == 0, backup.stderr
+    path = tmp_path / "applications-backup.yaml"
+    path.write_text(backup.stdout)
+    for doc in docs:
+        kube.delete(doc)
+    for doc in docs:
+        assert kube.request("GET", kube.resource_path(doc))[0] == 404
+    restored = kubectl(config, "apply", "-f", str(path))
+    assert restored.returncode == 0, restored.stderr
+    for doc in docs:
+        stored = kube.call("GET", kube.resource_path(doc))
+        assert stored["spec"] == doc["spec"]
