@@ -27,7 +27,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -769,9 +769,3 @@ class FaultProxy:
 
 
 _FORWARDED = frozenset(("authorization", "accept", "content-type", "user-agent"))
-
-
-def iter_docs(paths: Sequence[Path]) -> Iterator[tuple[str, Json]]:
-    for path in paths:
-        for doc in load_manifests(path):
-            yield f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -169,3 +170,9 @@ def for_kubernetes_1_20(doc: Json) -> Json:
     if older is not None:
         out["apiVersion"] = older
     return out
+
+
+def dashboard() -> dict[str, Any]:
+    """The Grafana dashboard of deploy/monitoring."""
+    data: dict[str, Any] = json.loads((DEPLOY / "monitoring" / "dashboard.json").read_text())
+    return data

@@ -6,11 +6,9 @@ the kyma overlays fit Kyma's own objects, and that monitoring scrapes what the a
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -28,6 +26,7 @@ from tests.deploy.kustomize import (
     REPO,
     Json,
     container_ports,
+    dashboard,
     find,
     pod_template,
     render,
@@ -396,11 +395,6 @@ def test_dashboard_config_map_holds_the_dashboard() -> None:
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     text = (DEPLOY / "monitoring" / "dashboard.json").read_text()
     assert config_map["data"] == {"appgateway.json": text}
-
-
-def dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((DEPLOY / "monitoring" / "dashboard.json").read_text())
-    return data
 
 
 def test_dashboard_structure() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.kustomize import dashboard
 from tests.deploy.prometheus import Prometheus, prometheus_bin_dir, rule_groups, write_rules
-from tests.deploy.test_manifests import dashboard
 from tests.e2e.conftest import (
     Doc,
     Gateway,
