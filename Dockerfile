@@ -5,7 +5,10 @@
 # The build stage compiles the data-path modules with mypyc (scripts/build_native.py, using the
 # dev tools in a throw-away environment); the wheel carries the extension modules.
 FROM python:3.11-slim-bookworm AS build
-ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+# UV_NATIVE_TLS: uv trusts the system CA store (/etc/ssl/certs), like pip and apt, so a build
+# behind a TLS-inspecting proxy works once that store holds the proxy's CA (`make image` mounts
+# the build machine's bundle there).
+ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_NATIVE_TLS=1
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv==0.9.7

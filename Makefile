@@ -1,4 +1,6 @@
 # The two entry points: `make run` and `make test`. Both build .venv from nothing.
+# `make image` builds the container image, `make image-test` runs it (both as root, without a
+# Docker daemon: buildah and podman come from Debian and are installed when missing).
 PYTHON ?= python3.11
 UV_VERSION := 0.9.7
 TOOLS := .tools
@@ -7,10 +9,12 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
+IMAGE ?= localhost/appgateway:0.1.0
+
 # NATIVE=0 skips compiling the data-path modules with mypyc (they then run interpreted).
 NATIVE ?= 1
 
-.PHONY: run test lint typecheck pytest venv native bench clean
+.PHONY: run test lint typecheck pytest venv native bench clean image image-test
 
 run: native
 	$(VENV)/bin/appgateway demo
@@ -42,11 +46,18 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
 	touch $@
 
 uv.lock: pyproject.toml | $(UV)
 	$(UV) lock --python $(PYTHON)
+
+image:
+	IMAGE=$(IMAGE) bash scripts/build-image.sh
+
+image-test: image venv
+	bash scripts/apt-need.sh podman:podman runc:runc
+	IMAGE=$(IMAGE) $(VENV)/bin/pytest -m image tests/image
 
 bench: native
 	$(VENV)/bin/python bench/run.py

@@ -178,7 +178,8 @@ class Gateway:
                 tls.retain([cert.fingerprint for cert in snapshot.client_certs()])
 
             registry.on_change = on_change
-            self._observe_registry(registry.snapshot())
+            if registry.ready:  # else the first load is still to come, through on_change
+                self._observe_registry(registry.snapshot())
 
             admin_app = make_admin_app(
                 ready=self.ready,

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ NOWATCH_TOKEN = "nowatch-token"
 """User `nowatch`: the tests bind it to get and list only."""
 SA_USER = f"system:serviceaccount:{NAMESPACE}:appgateway"
 SA_TOKEN = "sa-token"
-"""A static token for the gateway's ServiceAccount identity, bound by deploy/rbac.yaml."""
+"""A static token for the gateway's ServiceAccount identity, bound by deploy/base/rbac.yaml."""
 APPS_PATH = "/apis/applicationconnector.kyma-project.io/v1alpha1/applications"
 SECRETS_PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 
@@ -313,7 +313,7 @@ class KubeCluster:
     def setup(self) -> None:
         """The namespace, the CRD and the RBAC of deploy/, and a get+list-only user."""
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        for name in ("crd.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        for name in ("crd/application.yaml", "base/serviceaccount.yaml", "base/rbac.yaml"):
             for doc in load_manifests(DEPLOY / name):
                 self.apply(doc)
         self.wait_for(lambda: self.request("GET", APPS_PATH)[0] == 200, 30)

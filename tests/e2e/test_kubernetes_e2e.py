@@ -1,8 +1,9 @@
 """`appgateway serve --kubernetes` as a process against a real kube-apiserver, and the
-manifests of deploy/ applied to it.
+Application CRD of deploy/crd applied to it (the rendered overlays of deploy/ are applied in
+tests/deploy/test_cluster.py).
 
 The cluster is the session's (tests/kube.py). The gateway logs in as its ServiceAccount's
-user, with exactly the RBAC of deploy/rbac.yaml, unless a test says otherwise.
+user, with exactly the RBAC of deploy/base/rbac.yaml, unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import yaml
 
 from tests.e2e.conftest import Gateway, MockUpstream, request, wait_until
 from tests.kube import (
-    DEPLOY,
     NOWATCH_TOKEN,
     REPO,
     SA_TOKEN,
@@ -32,7 +32,6 @@ from tests.kube import (
     api_service,
     application,
     free_port,
-    iter_docs,
     missing_fields,
     secret,
     shared_cluster,
@@ -248,6 +247,10 @@ def test_not_ready_until_the_api_answers(gateways: Factory) -> None:
     assert request(gateway.admin_port, "GET", "/v1/ready").status == 503
     assert request(gateway.admin_port, "GET", "/v1/health").status == 200
     assert request(gateway.proxy_port, "GET", "/any/service/x").status == 503
+    # Nothing was loaded, so no sync is reported (the RegistryNotSynced alert relies on it).
+    metrics = request(gateway.admin_port, "GET", "/metrics").body.decode().splitlines()
+    assert "appgateway_registry_last_sync_timestamp_seconds 0.0" in metrics
+    assert not [line for line in metrics if line.startswith("appgateway_registry_reloads_total")]
 
 
 def test_unusable_kubeconfig_exits_2(tmp_path: Path) -> None:
@@ -271,34 +274,7 @@ def test_unusable_kubeconfig_exits_2(tmp_path: Path) -> None:
     assert "configuration error: kubeconfig" in result.stderr
 
 
-# -- manifests ---------------------------------------------------------------------------------
-
-MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
-
-
-@pytest.mark.parametrize(
-    ("name", "doc"), list(iter_docs(MANIFESTS)), ids=lambda v: v if isinstance(v, str) else ""
-)
-def test_deploy_manifest_applies(kube: KubeCluster, name: str, doc: dict[str, Any]) -> None:
-    stored = kube.apply(doc, dry_run=True)
-    assert missing_fields(doc, stored) == [], f"{name}: fields the API server dropped"
-
-
-def test_every_kind_is_deployed() -> None:
-    kinds = sorted({doc["kind"] for _, doc in iter_docs(MANIFESTS)})
-    assert kinds == [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "CustomResourceDefinition",
-        "Deployment",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "Role",
-        "RoleBinding",
-        "Service",
-        "ServiceAccount",
-    ]
-
+# -- the Application CRD ---------------------------------------------------------------------
 
 KYMA_APPLICATION = """
 apiVersion: applicationconnector.kyma-project.io/v1alpha1
