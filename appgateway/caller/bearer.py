@@ -1,0 +1,100 @@
+"""The caller's credential as presented: `Proxy-Authorization: Bearer <token>`. [pure]
+
+The token is a secret: no message here quotes it, or any part of the field it came in, and
+caches hold a keyed digest of it instead (so a memory dump or a debug repr of a cache shows
+nothing a caller could replay).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import math
+import re
+from typing import Final
+
+from appgateway.errors import CallerUnauthenticated
+
+MAX_TOKEN: Final = 8192
+"""Bytes. Kubernetes tokens are about 1 KiB; a bound keeps the digest and the review small."""
+
+MISSING: Final = "Proxy-Authorization is missing: send 'Proxy-Authorization: Bearer <token>'"
+NOT_BEARER: Final = "Proxy-Authorization: the scheme must be Bearer"
+EMPTY: Final = "Proxy-Authorization: the Bearer token is empty"
+TOO_LONG: Final = f"Proxy-Authorization: the Bearer token is longer than {MAX_TOKEN} bytes"
+BAD_SYNTAX: Final = "Proxy-Authorization: the Bearer token has characters a token may not have"
+NOT_ACCEPTED: Final = "Proxy-Authorization: the Bearer token was not accepted"
+
+_TOKEN68: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 9110 §11.2 token68: what RFC 6750 allows as a Bearer token (JWTs are of this form)."""
+
+
+def presented_token(value: bytes | None) -> bytes:
+    """The token of a `Bearer` credential; its characters are checked by `check_token` (on
+    a cache miss only: a cached token was checked when it was first seen).
+
+    The scheme is case-insensitive and one or more spaces may follow it (RFC 9110 §11.4).
+    Raises CallerUnauthenticated.
+    """
+    if value is None:
+        raise CallerUnauthenticated(MISSING)
+    if len(value) > MAX_TOKEN + 64:  # before any scan of the value
+        raise CallerUnauthenticated(TOO_LONG)
+    scheme, _, rest = value.strip(b" \t").partition(b" ")
+    if scheme.lower() != b"bearer":
+        raise CallerUnauthenticated(NOT_BEARER)
+    token = rest.lstrip(b" ")
+    if not token:
+        raise CallerUnauthenticated(EMPTY)
+    if len(token) > MAX_TOKEN:
+        raise CallerUnauthenticated(TOO_LONG)
+    return token
+
+
+def check_token(token: bytes) -> None:
+    """Refuse anything but token68 (a comma would mean a list of credentials, a space a
+    parameter; neither is a token an identity backend should be asked about)."""
+    if _TOKEN68.fullmatch(token) is None:
+        raise CallerUnauthenticated(BAD_SYNTAX)
+
+
+def bearer_token(value: bytes | None) -> bytes:
+    """`presented_token` and `check_token` together, for lookups without a cache."""
+    token = presented_token(value)
+    check_token(token)
+    return token
+
+
+def token_key(hmac_key: bytes, token: bytes) -> bytes:
+    """The cache key of a token: HMAC-SHA-256 under a per-process random key."""
+    return hmac.digest(hmac_key, token, "sha256")
+
+
+def jwt_expiry(token: bytes) -> float | None:
+    """The `exp` claim (Unix seconds) if `token` looks like a JWT, else None.
+
+    Read without checking the signature, and used for one thing only: never to reuse a
+    decision past the moment the token itself expires. Whether the token is genuine is the
+    TokenReview's answer, never this function's.
+    """
+    parts = token.split(b".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        raw = base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))
+        claims = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
