@@ -119,9 +119,7 @@ def parse_token_review(doc: Mapping[str, Any], audience: str) -> Caller | Reject
     extra_doc = user.get("extra")
     if extra_doc is not None and not isinstance(extra_doc, Mapping):
         raise ReviewError("the TokenReview's extra is not a mapping")
-    extra = tuple(
-        sorted((str(k), _strings(v, "extra")) for k, v in (extra_doc or {}).items())
-    )
+    extra = tuple(sorted((str(k), _strings(v, "extra")) for k, v in (extra_doc or {}).items()))
     groups = _strings(user.get("groups"), "groups")
     return make_caller(name, uid if isinstance(uid, str) else "", groups, extra)
 
@@ -163,3 +161,25 @@ def authenticated_until(sent_at: float, wall_now: float, ttl: float, expiry: flo
 def decided_until(sent_at: float, ttl: float, positive: bool) -> float:
     """Reuse a yes for `ttl`, a no for NEGATIVE_TTL_S at most."""
     return sent_at + (ttl if positive else min(NEGATIVE_TTL_S, ttl))
+
+
+SELF_REVIEWS: Final = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+NEEDED: Final = (
+    ("authentication.k8s.io", "tokenreviews"),
+    ("authorization.k8s.io", "subjectaccessreviews"),
+)
+"""What the gateway itself must be allowed to `create` (the `system:auth-delegator` role)."""
+
+
+def permission_review(group: str, resource: str) -> Json:
+    """May the gateway itself create `resource`? Asked once at start, to name a missing
+    binding in the log before the first caller gets a 503 for it."""
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": "create"}},
+    }
+
+
+def parse_permission_review(doc: Mapping[str, Any]) -> bool:
+    return _status(doc, "SelfSubjectAccessReview").get("allowed") is True

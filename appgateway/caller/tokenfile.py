@@ -77,9 +77,7 @@ def _entry(index: int, item: object) -> TokenEntry:
     if not isinstance(name, str) or not name.strip():
         raise TokenFileError(f"{where}: name must be a non-empty string")
     if len(name) > MAX_NAME or not name.isprintable():
-        raise TokenFileError(
-            f"{where}: name must be at most {MAX_NAME} printable characters"
-        )
+        raise TokenFileError(f"{where}: name must be at most {MAX_NAME} printable characters")
     digest = item.get("sha256")
     if isinstance(digest, int):
         raise TokenFileError(f"{where}: sha256 must be quoted (YAML read it as a number)")
@@ -89,17 +87,13 @@ def _entry(index: int, item: object) -> TokenEntry:
             "e.g. from sha256sum), never the token itself"
         )
     apps = item.get("applications")
-    if (
-        not isinstance(apps, list)
-        or not apps
-        or not all(isinstance(a, str) and a for a in apps)
-    ):
+    if not isinstance(apps, list) or not apps or not all(isinstance(a, str) and a for a in apps):
         raise TokenFileError(
-            f"{where}: applications must be a non-empty list of Application names, or [\"*\"]"
+            f'{where}: applications must be a non-empty list of Application names, or ["*"]'
         )
     if ALL in apps:
         if len(apps) != 1:
-            raise TokenFileError(f"{where}: \"*\" stands for every Application and stands alone")
+            raise TokenFileError(f'{where}: "*" stands for every Application and stands alone')
         return TokenEntry(name, bytes.fromhex(digest), None)
     return TokenEntry(name, bytes.fromhex(digest), frozenset(apps))
 

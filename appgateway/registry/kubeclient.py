@@ -207,10 +207,10 @@ class KubeClient:
                 raise status_error(resp.status, body)
         return _object(resp.status, body)
 
-    async def create(self, path: str, doc: Json, *, timeout: float = GET_TIMEOUT) -> Json:
+    async def create(self, path: str, doc: Json, *, deadline_s: float = GET_TIMEOUT) -> Json:
         """POST one object and return what the server answered (200 or 201): how reviews
         (TokenReview, SubjectAccessReview) are asked. Raises ApiError, aiohttp.ClientError
-        or TimeoutError; `timeout` bounds the whole exchange, waiting for a connection
+        or TimeoutError; `deadline_s` bounds the whole exchange, waiting for a connection
         included."""
         if self._session is None:
             raise RuntimeError("KubeClient is not open")
@@ -219,7 +219,7 @@ class KubeClient:
         async with self._session.post(
             self.auth.server + path,
             data=json.dumps(doc).encode(),
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=deadline_s),
             **args,
         ) as resp:
             body = await resp.read()

@@ -242,7 +242,7 @@ async def test_create_is_bounded_by_its_timeout(servers: ServerFactory) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            await client.create("/apis/x", {}, timeout=0.2)
+            await client.create("/apis/x", {}, deadline_s=0.2)
         assert time.monotonic() - started < 2
     finally:
         await client.close()
