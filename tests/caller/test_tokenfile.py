@@ -78,11 +78,13 @@ def test_counts(text: str, count: int) -> None:
             "entry 1 ('x'): unknown field(s) apps",
         ),
         (
-            f"- {{name: x, sha256: {A}, applications: [a]}}\n- {{name: y, sha256: {A}, applications: [b]}}",
+            f"- {{name: x, sha256: {A}, applications: [a]}}\n"
+            f"- {{name: y, sha256: {A}, applications: [b]}}",
             "'x' and 'y' have the same sha256",
         ),
         (
-            f"- {{name: x, sha256: {A}, applications: [a]}}\n- {{name: y, sha256: nope, applications: [b]}}",
+            f"- {{name: x, sha256: {A}, applications: [a]}}\n"
+            "- {name: y, sha256: nope, applications: [b]}",
             "entry 2 ('y'): sha256",
         ),
     ],
