@@ -327,6 +327,20 @@ class Metrics:
         """`cache` is `token`, `csrf`, or `caller_token`/`caller_access` (--caller-auth)."""
         _increment(self._lookups, (cache, "hit" if hit else "miss"))
 
+    def cache_counter(self, cache: str) -> Callable[[bool], None]:
+        """`cache_lookup` for one cache, with its two counts looked up once: for caches
+        consulted on every request (`caller_token`, `caller_access`)."""
+        hits = self._lookups.setdefault((cache, "hit"), [0.0])
+        misses = self._lookups.setdefault((cache, "miss"), [0.0])
+
+        def count(hit: bool) -> None:
+            if hit:
+                hits[0] += 1
+            else:
+                misses[0] += 1
+
+        return count
+
     def caller_decisions(self, result: str) -> Count:
         """The counter of one `--caller-auth` result (one of CALLER_RESULTS); asking for it
         makes the series exist at 0, so a dashboard sees "no denials" rather than nothing."""

@@ -295,14 +295,17 @@ def test_caller_decisions_exist_once_asked_for_and_count() -> None:
     counts["allowed"].inc()
     counts["allowed"].inc()
     m.caller_decisions("denied").inc()
-    m.cache_lookup("caller_token", hit=True)
-    m.cache_lookup("caller_access", hit=False)
+    m.cache_counter("caller_token")(True)
+    count = m.cache_counter("caller_access")
+    count(False)
+    m.cache_lookup("caller_access", hit=False)  # the same series either way
     got = samples(m.render())
     assert got[key("appgateway_caller_decisions_total", result="allowed")] == 2
     assert got[key("appgateway_caller_decisions_total", result="denied")] == 1
     assert got[key("appgateway_caller_decisions_total", result="unavailable")] == 0
     assert got[key("appgateway_cache_lookups_total", cache="caller_token", result="hit")] == 1
-    assert got[key("appgateway_cache_lookups_total", cache="caller_access", result="miss")] == 1
+    assert got[key("appgateway_cache_lookups_total", cache="caller_access", result="miss")] == 2
+    assert got[key("appgateway_cache_lookups_total", cache="caller_access", result="hit")] == 0
     assert types(m.render())["appgateway_caller_decisions_total"] == "counter"
 
 

@@ -63,13 +63,13 @@ class KubernetesCallerAuth:
         self._clock = clock
         self._wall = wall
         self._timeout = timeout
-        self._hmac_key = secrets.token_bytes(32)
+        self._token_key = bearer.TokenKeys(secrets.token_bytes(32))
         self._outcomes = Outcomes(metrics)
         self._tokens: SingleFlightCache[bytes, Caller | Rejected] = SingleFlightCache(
-            clock, lambda hit: metrics.cache_lookup("caller_token", hit), max_entries=max_entries
+            clock, metrics.cache_counter("caller_token"), max_entries=max_entries
         )
         self._access: SingleFlightCache[AccessKey, bool] = SingleFlightCache(
-            clock, lambda hit: metrics.cache_lookup("caller_access", hit), max_entries=max_entries
+            clock, metrics.cache_counter("caller_access"), max_entries=max_entries
         )
         self._logged_at = -1e18
         self._unlogged = 0
@@ -106,7 +106,7 @@ class KubernetesCallerAuth:
         only for a review; with both answers cached it returns without yielding."""
         try:
             token = bearer.presented_token(proxy_authorization)
-            key = bearer.token_key(self._hmac_key, token)
+            key = self._token_key(token)
             reviewed = self._tokens.peek(key)
             if reviewed is None:
                 bearer.check_token(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 
 import pytest
@@ -15,11 +16,11 @@ from appgateway.caller.bearer import (
     MISSING,
     NOT_BEARER,
     TOO_LONG,
+    TokenKeys,
     bearer_token,
     check_token,
     jwt_expiry,
     presented_token,
-    token_key,
 )
 from appgateway.errors import CallerUnauthenticated
 
@@ -37,6 +38,9 @@ JWT = b"eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln"
         (b"Bearer " + JWT, JWT),
         (b"Bearer a-b.c_d~e+f/g==", b"a-b.c_d~e+f/g=="),
         (b"Bearer " + b"x" * MAX_TOKEN, b"x" * MAX_TOKEN),
+        (b"Bearer  abc", b"abc"),  # the quick path gives way to the general one
+        (b"Bearer abc ", b"abc"),
+        (b"Bearer abc\t", b"abc"),
     ],
 )
 def test_bearer_token(value: bytes, token: bytes) -> None:
@@ -102,13 +106,19 @@ def test_presented_token_leaves_the_characters_to_check_token() -> None:
     check_token(b"ab")
 
 
-def test_token_key_is_keyed_and_never_the_token() -> None:
-    k1, k2 = b"1" * 32, b"2" * 32
-    key = token_key(k1, b"tok")
+@pytest.mark.parametrize("key", [b"", b"k", b"1" * 32, b"x" * 64, b"y" * 65, bytes(range(200))])
+@pytest.mark.parametrize("token", [b"", b"tok", JWT, b"z" * 8192, bytes(range(256))])
+def test_token_keys_are_hmac_sha256(key: bytes, token: bytes) -> None:
+    assert TokenKeys(key)(token) == hmac.digest(key, token, "sha256")
+
+
+def test_token_keys_are_keyed_and_never_the_token() -> None:
+    one, two = TokenKeys(b"1" * 32), TokenKeys(b"2" * 32)
+    key = one(b"tok")
     assert len(key) == 32 and b"tok" not in key
-    assert key == token_key(k1, b"tok")
-    assert key != token_key(k2, b"tok")
-    assert key != token_key(k1, b"tok2")
+    assert key == one(b"tok")  # the precomputed state is copied, never used up
+    assert key != two(b"tok")
+    assert key != one(b"tok2")
 
 
 def _jwt(payload: object, raw: bytes | None = None) -> bytes:

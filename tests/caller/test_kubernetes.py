@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from appgateway.caller.bearer import jwt_expiry
 from appgateway.caller.kubernetes import KubernetesCallerAuth
 from appgateway.caller.reviews import ACCESS_REVIEWS, TOKEN_REVIEWS
 from appgateway.errors import CallerAuthUnavailable, CallerForbidden, CallerUnauthenticated
@@ -339,15 +340,19 @@ async def test_a_decision_is_not_reused_past_the_token_expiry(
     gateway: Start, kube: KubeCluster, objects: Objects, proxy: FaultProxy
 ) -> None:
     """The TokenRequest API makes tokens of 10 minutes at least: the gateway's wall clock is
-    set 599.5 s ahead instead, so the token's `exp` comes half a second after the review."""
-    auth = await gateway(wall=lambda: time.time() + 599.5)
+    set ahead instead, so that the token's `exp` comes 1.5 s after the review."""
+    ahead = [0.0]
+    auth = await gateway(wall=lambda: time.time() + ahead[0])
     caller = Caller(kube, objects)
     erp = unique("erp")
     await caller.grant(erp)
     token = caller.token("appgateway", seconds=600)
+    expiry = jwt_expiry(token.split(b" ")[1])
+    assert expiry is not None
+    ahead[0] = expiry - time.time() - 1.5
     assert await drive(auth.authorize(token, erp)) == caller.user
     assert begin(auth.authorize(token, erp)) == caller.user  # cached for now
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(1.6)
     started = begin(auth.authorize(token, erp))
     assert isinstance(started, Suspended)  # expired: reviewed again
     assert await started.finish() == caller.user
