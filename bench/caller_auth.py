@@ -86,7 +86,7 @@ async def main() -> int:
     parser.add_argument("--calls", type=int, default=200_000)
     args = parser.parse_args()
     calls: int = args.calls
-    print(f"appgateway native modules: {native.state()}; caller/ runs interpreted")
+    print(f"appgateway native modules: {native.state()} (caller/ is not among them)")
     runner, port = await stand_in()
     auth_info = ClusterAuth(
         server=f"http://127.0.0.1:{port}",
