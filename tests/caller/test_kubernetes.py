@@ -428,19 +428,19 @@ async def test_concurrent_first_calls_share_one_review_each(
 
 
 async def test_the_cold_path_takes_two_reviews(
-    gateway: Start, kube: KubeCluster, objects: Objects
+    gateway: Start, kube: KubeCluster, objects: Objects, proxy: FaultProxy
 ) -> None:
     auth = await gateway()
     caller = Caller(kube, objects)
-    erp = unique("erp")
-    await caller.grant(erp)
+    apps = [unique("erp") for _ in range(5)]
+    await caller.grant(*apps)
     samples = []
-    for _ in range(5):
-        token = caller.token("appgateway")  # a new token: nothing cached for it
-        auth._access = type(auth._access)(time.monotonic)  # nor for the identity
+    for n, app in enumerate(apps):  # a new token and a new Application: nothing cached
+        token = caller.token("appgateway", seconds=3600 + n)  # (same second, same claims)
         started = time.perf_counter()
-        assert await drive(auth.authorize(token, erp)) == caller.user
+        assert await drive(auth.authorize(token, app)) == caller.user
         samples.append(time.perf_counter() - started)
+    assert (reviews(proxy, TOKEN_REVIEWS), reviews(proxy, ACCESS_REVIEWS)) == (5, 5)
     samples.sort()
     print(f"\ncold decision (TokenReview + SubjectAccessReview): median {samples[2] * 1000:.1f} ms")
 
