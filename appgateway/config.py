@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Final, Literal
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
 
@@ -36,6 +37,10 @@ class ConfigurationError(Exception):
     """A bad flag or variable value: exit status 2."""
 
 
+CallerAuthMode = Literal["off", "kubernetes", "tokens"]
+CALLER_AUTH_MODES: Final[tuple[CallerAuthMode, ...]] = ("off", "kubernetes", "tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     registry: Path | None = None  # None: the embedded demo registry
@@ -60,6 +65,10 @@ class Settings:
     body_min_rate: int = 1024
     max_connections: int = 4096
     worker_crash_limit: int = 5
+    caller_auth: CallerAuthMode = "off"
+    caller_audience: str = "appgateway"
+    caller_tokens: Path | None = None
+    caller_cache_ttl: float = 300.0
 
     @property
     def admin_address(self) -> str:
@@ -123,6 +132,25 @@ def _level(text: str) -> str:
     return value
 
 
+def _caller_mode(text: str) -> CallerAuthMode:
+    value = text.strip().lower()
+    for mode in CALLER_AUTH_MODES:
+        if value == mode:
+            return mode
+    raise argparse.ArgumentTypeError(
+        f"invalid caller auth mode {text!r}: must be off, kubernetes or tokens"
+    )
+
+
+def _audience(text: str) -> str:
+    """A token audience is one word: TokenReview compares it exactly."""
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"invalid audience {text!r}: must be non-empty, without spaces or control characters"
+        )
+    return text
+
+
 def _bool_arg(text: str) -> bool:
     try:
         return parse_bool(text)
@@ -168,6 +196,15 @@ _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
         _non_negative_int,
         "with --workers: exit 1 when a worker crashes this often within 5 minutes (0: never)",
     ),
+    (
+        "--caller-auth",
+        _caller_mode,
+        "who may use an API's credentials: off (anyone who reaches the proxy ports), "
+        "kubernetes (TokenReview + SubjectAccessReview) or tokens (--caller-tokens)",
+    ),
+    ("--caller-audience", _audience, "the audience callers' Kubernetes tokens must be made for"),
+    ("--caller-tokens", Path, "YAML list of caller tokens (name, sha256, applications)"),
+    ("--caller-cache-ttl", _duration, "longest time a caller decision is reused (kubernetes)"),
 )
 
 
@@ -256,7 +293,23 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.kubernetes and settings.registry is not None:
         raise ConfigurationError("--registry is not allowed with --kubernetes")
+    _check_caller_auth(settings)
     return settings
+
+
+def _check_caller_auth(settings: Settings) -> None:
+    """Each mode's inputs must be there, and an input no mode reads is refused: a tokens
+    file given without `--caller-auth tokens` would look protected and let everyone in."""
+    mode = settings.caller_auth
+    if mode == "kubernetes" and not settings.kubernetes:
+        raise ConfigurationError(
+            "--caller-auth kubernetes needs --kubernetes (callers' tokens are reviewed by the "
+            "API server)"
+        )
+    if mode == "tokens" and settings.caller_tokens is None:
+        raise ConfigurationError("--caller-auth tokens needs --caller-tokens FILE")
+    if mode != "tokens" and settings.caller_tokens is not None:
+        raise ConfigurationError("--caller-tokens is only read with --caller-auth tokens")
 
 
 def environ_proxies() -> dict[str, str]:

@@ -23,6 +23,9 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     json_body: ClassVar[bool] = True
     error_class: ClassVar[str] = "internal"  # the access log's short, bounded error category
+    response_headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
+    """Fields the status needs besides the body's (a 407 must say how to authenticate:
+    RFC 9110 §15.5.8); constant per class, so no caller input can reach a response head."""
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -111,3 +114,30 @@ class UpstreamTimeout(GatewayError):
 
     def classify(self) -> str:
         return "upstream_" + self.kind
+
+
+PROXY_AUTHENTICATE: Final = (b"Proxy-Authenticate", b'Bearer realm="appgateway"')
+
+
+class CallerUnauthenticated(GatewayError):
+    """`--caller-auth`: the caller's Proxy-Authorization is missing, malformed, or its token
+    is unknown, expired or meant for another audience. The message never holds the token."""
+
+    status = 407
+    error_class = "caller_unauthenticated"
+    response_headers = (PROXY_AUTHENTICATE,)
+
+
+class CallerForbidden(GatewayError):
+    """`--caller-auth`: the caller is known but may not use this Application's credentials."""
+
+    status = 403
+    error_class = "caller_forbidden"
+
+
+class CallerAuthUnavailable(GatewayError):
+    """`--caller-auth`: the identity backend (the API server) cannot answer and nothing is
+    cached: fail closed rather than hand out credentials unchecked."""
+
+    status = 503
+    error_class = "caller_unavailable"

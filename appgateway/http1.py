@@ -122,15 +122,19 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def _complete(status: int, body: bytes, close: bool) -> bytes:
+def _complete(
+    status: int, body: bytes, close: bool, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
     headers: Headers = [(b"Content-Type", JSON_CONTENT_TYPE)] if body else []
+    headers.extend(extra)
     head = response_head(status, b"", headers, content_length=len(body), chunked=False, close=close)
     return head + body
 
 
 def error_response(error: GatewayError, *, close: bool) -> bytes:
-    """A complete gateway-made response: JSON body, or empty for transport failures."""
-    return _complete(error.status, error.body(), close)
+    """A complete gateway-made response: JSON body, or empty for transport failures, and the
+    fields its class needs (Proxy-Authenticate for a 407)."""
+    return _complete(error.status, error.body(), close, error.response_headers)
 
 
 def simple_error(status: int, message: str, *, close: bool = True) -> bytes:

@@ -183,6 +183,21 @@ class RequestSeries(Histogram):
         return self._earlier
 
 
+class Count:
+    """A plain counter a component keeps a reference to, so counting costs one addition."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+CALLER_RESULTS: Final = ("allowed", "denied", "unauthenticated", "unavailable")
+
+
 class InFlight:
     __slots__ = ("value",)
 
@@ -270,6 +285,7 @@ class Metrics:
         self._upstream_hist: dict[tuple[str, str], Histogram] = {}
         self._inflight: dict[str, InFlight] = {}
         self._lookups: dict[tuple[str, str], list[float]] = {}
+        self._caller_decisions: dict[str, Count] = {}
         r.register(_Families(self._hot_families))
 
     def _count(self, counter: Counter, labels: tuple[str, ...]) -> None:
@@ -308,8 +324,30 @@ class Metrics:
         self._count(self.csrf_fetches, (result,))
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
-        """`cache` is `token` or `csrf`."""
+        """`cache` is `token`, `csrf`, or `caller_token`/`caller_access` (--caller-auth)."""
         _increment(self._lookups, (cache, "hit" if hit else "miss"))
+
+    def cache_counter(self, cache: str) -> Callable[[bool], None]:
+        """`cache_lookup` for one cache, with its two counts looked up once: for caches
+        consulted on every request (`caller_token`, `caller_access`)."""
+        hits = self._lookups.setdefault((cache, "hit"), [0.0])
+        misses = self._lookups.setdefault((cache, "miss"), [0.0])
+
+        def count(hit: bool) -> None:
+            if hit:
+                hits[0] += 1
+            else:
+                misses[0] += 1
+
+        return count
+
+    def caller_decisions(self, result: str) -> Count:
+        """The counter of one `--caller-auth` result (one of CALLER_RESULTS); asking for it
+        makes the series exist at 0, so a dashboard sees "no denials" rather than nothing."""
+        count = self._caller_decisions.get(result)
+        if count is None:
+            count = self._caller_decisions[result] = Count()
+        return count
 
     def inflight(self, listener: str) -> InFlight:
         """The listener's in-flight gauge; call `.inc()`/`.dec()` around each request."""
@@ -353,6 +391,15 @@ class Metrics:
         for (cache, result), count in self._lookups.items():
             lookups.add_metric((cache, result), count[0])
         yield lookups
+        if self._caller_decisions:
+            decisions = CounterMetricFamily(
+                "appgateway_caller_decisions",
+                "Caller authorization results (--caller-auth).",
+                labels=("result",),
+            )
+            for result, decided in self._caller_decisions.items():
+                decisions.add_metric((result,), decided.value)
+            yield decisions
         inflight = GaugeMetricFamily(INFLIGHT, "Requests being handled.", labels=("listener",))
         for listener, gauge in self._inflight.items():
             inflight.add_metric((listener,), gauge.value)

@@ -441,14 +441,21 @@ class KubeCluster:
         if status not in (200, 202, 404):
             raise ApiError(status, body)
 
-    def service_account_token(self, name: str = "appgateway", seconds: int = 3600) -> str:
-        """A bound token from the TokenRequest API, as the kubelet projects into pods."""
-        body = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": seconds},
-        }
-        path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{name}/token"
+    def service_account_token(
+        self,
+        name: str = "appgateway",
+        seconds: int = 3600,
+        *,
+        namespace: str = NAMESPACE,
+        audiences: Sequence[str] = (),
+    ) -> str:
+        """A bound token from the TokenRequest API, as the kubelet projects into pods (or
+        `kubectl create token NAME --audience A` makes); no `audiences`: the API server's."""
+        spec: Json = {"expirationSeconds": seconds}
+        if audiences:
+            spec["audiences"] = list(audiences)
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
         token: str = self.call("POST", path, body)["status"]["token"]
         return token
 
@@ -660,6 +667,14 @@ class FaultProxy:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    async def down(self) -> None:
+        """Stop listening and cut every connection, as if the API server had stopped: new
+        connections are refused. The real server, which other tests share, runs on."""
+        self.drop_watches()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def close(self) -> None:
         self.drop_watches()

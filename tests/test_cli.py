@@ -209,6 +209,9 @@ def test_routes_missing_registry_folder_exits_2(
         (["routes", "--registry", "REG", "--kubernetes"], {}),
         (["access-services", "--registry", "REG"], {"APPGATEWAY_KUBERNETES": "true"}),
         (["routes", "--registry", "REG"], {"APPGATEWAY_PROXY_PORT": "http"}),
+        (["serve", "--registry", "REG", "--caller-auth", "kubernetes"], {}),
+        (["serve", "--registry", "REG", "--caller-auth", "tokens"], {}),
+        (["serve", "--registry", "REG"], {"APPGATEWAY_CALLER_TOKENS": "/t"}),
     ],
 )
 def test_configuration_error_exits_2(

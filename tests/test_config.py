@@ -118,6 +118,35 @@ def test_defaults() -> None:
         (["--kubernetes"], {"APPGATEWAY_KUBERNETES": "false"}, "kubernetes", True),
         (["--kubernetes", "no"], {"APPGATEWAY_KUBERNETES": "true"}, "kubernetes", False),
         (["--kubernetes=0"], {}, "kubernetes", False),
+        # caller authorization
+        ([], {}, "caller_auth", "off"),
+        ([], {}, "caller_audience", "appgateway"),
+        ([], {}, "caller_tokens", None),
+        ([], {}, "caller_cache_ttl", 300.0),
+        (["--caller-auth", "Tokens", "--caller-tokens", "/t"], {}, "caller_auth", "tokens"),
+        (
+            [],
+            {"APPGATEWAY_CALLER_AUTH": "tokens", "APPGATEWAY_CALLER_TOKENS": "/t"},
+            "caller_tokens",
+            Path("/t"),
+        ),
+        (["--kubernetes", "--caller-auth=kubernetes"], {}, "caller_auth", "kubernetes"),
+        (
+            [],
+            {"APPGATEWAY_KUBERNETES": "1", "APPGATEWAY_CALLER_AUTH": "kubernetes"},
+            "caller_auth",
+            "kubernetes",
+        ),
+        (["--caller-auth", "off"], {"APPGATEWAY_CALLER_AUTH": "tokens"}, "caller_auth", "off"),
+        (
+            [],
+            {"APPGATEWAY_CALLER_AUDIENCE": "https://gw.example"},
+            "caller_audience",
+            "https://gw.example",
+        ),
+        (["--caller-audience", "a"], {"APPGATEWAY_CALLER_AUDIENCE": "b"}, "caller_audience", "a"),
+        ([], {"APPGATEWAY_CALLER_CACHE_TTL": "0.5"}, "caller_cache_ttl", 0.5),
+        (["--caller-cache-ttl", "60"], {}, "caller_cache_ttl", 60.0),
     ],
 )
 def test_precedence_and_conversion(
@@ -164,6 +193,12 @@ def test_process_environment_is_read_when_not_given(monkeypatch: pytest.MonkeyPa
         ("APPGATEWAY_MANIFEST_SIZE_LIMIT", "4MiB"),
         ("APPGATEWAY_LOG_LEVEL", "verbose"),
         ("APPGATEWAY_KUBERNETES", "maybe"),
+        ("APPGATEWAY_CALLER_AUTH", "basic"),
+        ("APPGATEWAY_CALLER_AUTH", "on"),
+        ("APPGATEWAY_CALLER_AUDIENCE", "two words"),
+        ("APPGATEWAY_CALLER_AUDIENCE", "tab\there"),
+        ("APPGATEWAY_CALLER_CACHE_TTL", "0"),
+        ("APPGATEWAY_CALLER_CACHE_TTL", "5m"),
     ],
 )
 def test_invalid_variable_names_the_variable(variable: str, value: str) -> None:
@@ -185,6 +220,9 @@ def test_invalid_variable_names_the_variable(variable: str, value: str) -> None:
         ["--kubernetes", "sometimes"],
         ["--retry-body-limit", "1k"],
         ["--manifest-size-limit", "0"],
+        ["--caller-auth", "yes"],
+        ["--caller-audience", ""],
+        ["--caller-cache-ttl", "-1"],
     ],
 )
 def test_invalid_flag_is_a_usage_error(argv: list[str]) -> None:
@@ -254,6 +292,33 @@ def test_registry_with_kubernetes_is_rejected(argv: list[str], env: dict[str, st
         settings(argv, env)
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--caller-auth", "kubernetes"], {}, "--caller-auth kubernetes needs --kubernetes"),
+        (
+            ["--caller-auth", "kubernetes", "--kubernetes", "false"],
+            {"APPGATEWAY_KUBERNETES": "true"},
+            "--caller-auth kubernetes needs --kubernetes",
+        ),
+        ([], {"APPGATEWAY_CALLER_AUTH": "kubernetes"}, "--caller-auth kubernetes needs"),
+        (["--caller-auth", "tokens"], {}, "--caller-auth tokens needs --caller-tokens FILE"),
+        ([], {"APPGATEWAY_CALLER_AUTH": "tokens"}, "--caller-auth tokens needs --caller-tokens"),
+        (["--caller-tokens", "/t"], {}, "--caller-tokens is only read with --caller-auth tokens"),
+        (
+            ["--kubernetes", "--caller-auth", "kubernetes", "--caller-tokens", "/t"],
+            {},
+            "--caller-tokens is only read with --caller-auth tokens",
+        ),
+        ([], {"APPGATEWAY_CALLER_TOKENS": "/t"}, "--caller-tokens is only read with"),
+    ],
+)
+def test_caller_auth_needs_its_inputs(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(argv, env)
+    assert str(info.value).startswith(message)
+
+
 def test_registry_with_kubernetes_off_is_fine() -> None:
     got = settings(["--registry", "/r", "--kubernetes", "false"])
     assert got.registry == Path("/r") and not got.kubernetes
@@ -283,6 +348,13 @@ def test_registry_with_kubernetes_off_is_fine() -> None:
             workers=3,
         ),
         Settings(kubernetes=True, kubeconfig=Path("/k/config")),
+        Settings(
+            kubernetes=True,
+            caller_auth="kubernetes",
+            caller_audience="gw",
+            caller_cache_ttl=2.5,
+        ),
+        Settings(caller_auth="tokens", caller_tokens=Path("/etc/appgateway/callers.yaml")),
     ],
 )
 def test_settings_environment_round_trips(

@@ -6,6 +6,9 @@ import pytest
 
 from appgateway.errors import (
     BadRequest,
+    CallerAuthUnavailable,
+    CallerForbidden,
+    CallerUnauthenticated,
     ConfigError,
     GatewayError,
     NotFound,
@@ -51,6 +54,9 @@ def test_render_json(status: int, message: str, expected: bytes) -> None:
         (NotReady, 503, True),
         (UpstreamUnavailable, 502, False),
         (UpstreamTimeout, 504, False),
+        (CallerUnauthenticated, 407, True),
+        (CallerForbidden, 403, True),
+        (CallerAuthUnavailable, 503, True),
     ],
 )
 def test_error_classes(cls: type[GatewayError], status: int, json_body: bool) -> None:
@@ -68,3 +74,32 @@ def test_transport_errors_carry_metric_kind() -> None:
     assert UpstreamUnavailable("x").kind == "connect"
     assert UpstreamUnavailable("x", kind="tls").kind == "tls"
     assert UpstreamTimeout("x").kind == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("cls", "headers"),
+    [
+        (GatewayError, ()),
+        (NotFound, ()),
+        (UpstreamUnavailable, ()),
+        (CallerForbidden, ()),
+        (CallerAuthUnavailable, ()),
+        (CallerUnauthenticated, ((b"Proxy-Authenticate", b'Bearer realm="appgateway"'),)),
+    ],
+)
+def test_response_headers_per_class(
+    cls: type[GatewayError], headers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    assert cls("x").response_headers == headers
+
+
+@pytest.mark.parametrize(
+    ("cls", "error_class"),
+    [
+        (CallerUnauthenticated, "caller_unauthenticated"),
+        (CallerForbidden, "caller_forbidden"),
+        (CallerAuthUnavailable, "caller_unavailable"),
+    ],
+)
+def test_caller_errors_classify(cls: type[GatewayError], error_class: str) -> None:
+    assert cls("no").classify() == error_class

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from appgateway import http1
-from appgateway.errors import NotFound, UpstreamTimeout, UpstreamUnavailable
+from appgateway.errors import (
+    CallerForbidden,
+    CallerUnauthenticated,
+    GatewayError,
+    NotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +88,59 @@ def test_error_response_json() -> None:
     assert f"Content-Length: {len(body)}".encode() in head
     assert b"Connection: close" not in head
     assert json.loads(body) == {"code": 404, "error": "service with name x not found"}
+
+
+class _Teapot(GatewayError):
+    """A class with two extra fields and no JSON body: both kinds of error carry them."""
+
+    status = 418
+    json_body = False
+    response_headers = ((b"X-One", b"1"), (b"Retry-After", b"5"))
+
+
+@pytest.mark.parametrize(
+    ("error", "close", "expected"),
+    [
+        (
+            NotFound("gone"),
+            False,
+            b"HTTP/1.1 404 Not Found\r\n"
+            b"Content-Type: application/json;charset=UTF-8\r\n"
+            b"Content-Length: 28\r\n\r\n"
+            b'{"code":404,"error":"gone"}\n',
+        ),
+        (
+            CallerUnauthenticated("Proxy-Authorization is missing"),
+            False,
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+            b"Content-Type: application/json;charset=UTF-8\r\n"
+            b'Proxy-Authenticate: Bearer realm="appgateway"\r\n'
+            b"Content-Length: 54\r\n\r\n"
+            b'{"code":407,"error":"Proxy-Authorization is missing"}\n',
+        ),
+        (
+            CallerForbidden("no"),
+            True,
+            b"HTTP/1.1 403 Forbidden\r\n"
+            b"Content-Type: application/json;charset=UTF-8\r\n"
+            b"Content-Length: 26\r\n"
+            b"Connection: close\r\n\r\n"
+            b'{"code":403,"error":"no"}\n',
+        ),
+        (
+            _Teapot("x"),
+            True,
+            b"HTTP/1.1 418 I'm a Teapot\r\n"
+            b"X-One: 1\r\nRetry-After: 5\r\n"
+            b"Content-Length: 0\r\n"
+            b"Connection: close\r\n\r\n",
+        ),
+    ],
+)
+def test_error_response_carries_the_class_fields(
+    error: GatewayError, close: bool, expected: bytes
+) -> None:
+    assert http1.error_response(error, close=close) == expected
 
 
 @pytest.mark.parametrize("error", [UpstreamUnavailable("refused"), UpstreamTimeout("slow")])

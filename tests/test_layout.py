@@ -27,6 +27,9 @@ PURE = [
     "registry/snapshot",
     "auth/flows",
     "registry/kubeconfig",
+    "caller/bearer",
+    "caller/reviews",
+    "caller/tokenfile",
 ]
 IO_IMPORTS = {"asyncio", "ssl", "socket", "aiohttp", "httptools", "uvloop", "watchfiles", "os"}
 

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appgateway.metrics import (
     BUCKETS,
+    CALLER_RESULTS,
     Histogram,
     Metrics,
     MetricsMerger,
@@ -411,3 +412,37 @@ def test_request_series_counts_every_request(
     assert series.request_counts() == expected
     assert series.request_counts() == expected  # reading twice changes nothing
     assert sum(series.counts) == len(requests)
+
+
+def test_caller_decisions_exist_once_asked_for_and_count() -> None:
+    m = Metrics()
+    assert "appgateway_caller_decisions_total" not in types(m.render())  # --caller-auth off
+    counts = {result: m.caller_decisions(result) for result in CALLER_RESULTS}
+    got = samples(m.render())
+    for result in CALLER_RESULTS:
+        assert got[key("appgateway_caller_decisions_total", result=result)] == 0
+    counts["allowed"].inc()
+    counts["allowed"].inc()
+    m.caller_decisions("denied").inc()
+    m.cache_counter("caller_token")(True)
+    count = m.cache_counter("caller_access")
+    count(False)
+    m.cache_lookup("caller_access", hit=False)  # the same series either way
+    got = samples(m.render())
+    assert got[key("appgateway_caller_decisions_total", result="allowed")] == 2
+    assert got[key("appgateway_caller_decisions_total", result="denied")] == 1
+    assert got[key("appgateway_caller_decisions_total", result="unavailable")] == 0
+    assert got[key("appgateway_cache_lookups_total", cache="caller_token", result="hit")] == 1
+    assert got[key("appgateway_cache_lookups_total", cache="caller_access", result="miss")] == 2
+    assert got[key("appgateway_cache_lookups_total", cache="caller_access", result="hit")] == 0
+    assert types(m.render())["appgateway_caller_decisions_total"] == "counter"
+
+
+def test_caller_decisions_merge_across_workers() -> None:
+    one, two = Metrics(), Metrics()
+    one.caller_decisions("allowed").inc()
+    two.caller_decisions("allowed").inc()
+    two.caller_decisions("unauthenticated").inc()
+    got = samples(merge_texts([one.render(), two.render()]))
+    assert got[key("appgateway_caller_decisions_total", result="allowed")] == 2
+    assert got[key("appgateway_caller_decisions_total", result="unauthenticated")] == 1

@@ -4,6 +4,10 @@ A burst of requests after start-up, an expiry or a 401 must cost one upstream fe
 per request: token endpoints rate-limit, and a storm of fetches can lock a client out. So a
 miss joins the fetch already running for its key, and a 401 removes an entry only if it still
 holds the value that was rejected (compare-and-invalidate).
+
+With `max_entries` the cache is also bounded, least recently used first out: for keys that
+callers choose (the caller authorization caches are keyed by callers' tokens), where an
+unbounded cache would grow with every token anyone sends.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ class SingleFlightCache(Generic[K, V]):
         self,
         clock: Callable[[], float],
         on_lookup: Callable[[bool], None] | None = None,
+        *,
+        max_entries: int | None = None,
     ) -> None:
         self._clock = clock
         self._on_lookup = on_lookup
+        self._max_entries = max_entries
         self._entries: dict[K, tuple[V, float | None]] = {}
         self._inflight: dict[K, asyncio.Task[tuple[V, float | None]]] = {}
         self._tasks: set[asyncio.Task[tuple[V, float | None]]] = set()
@@ -51,6 +58,8 @@ class SingleFlightCache(Generic[K, V]):
         value, until = entry
         if until is not None and self._clock() >= until:
             return None
+        if self._max_entries is not None:
+            self._touch(key, entry)
         self._report(True)
         return value
 
@@ -60,6 +69,8 @@ class SingleFlightCache(Generic[K, V]):
         if entry is not None:
             value, until = entry
             if until is None or self._clock() < until:
+                if self._max_entries is not None:
+                    self._touch(key, entry)
                 self._report(True)
                 return value, False
             del self._entries[key]
@@ -85,7 +96,19 @@ class SingleFlightCache(Generic[K, V]):
         # A value already past its reuse-until time serves only the waiters of this fetch.
         if current and (until is None or self._clock() < until):
             self._entries[key] = (value, until)
+            if self._max_entries is not None:
+                self._bound(self._max_entries)
         return value, until
+
+    def _touch(self, key: K, entry: tuple[V, float | None]) -> None:
+        """Most recently used goes last (dicts keep insertion order)."""
+        del self._entries[key]
+        self._entries[key] = entry
+
+    def _bound(self, limit: int) -> None:
+        entries = self._entries
+        while len(entries) > limit:
+            del entries[next(iter(entries))]
 
     def invalidate(self, key: K, value: V) -> None:
         """Remove the entry only if it still holds `value` (the one that was rejected)."""

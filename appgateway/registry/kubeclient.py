@@ -224,13 +224,27 @@ class KubeClient:
             body = await resp.read()
             if resp.status != 200:
                 raise status_error(resp.status, body)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise ApiError(resp.status, "", "response is not JSON") from None
-        if not isinstance(doc, dict):
-            raise ApiError(resp.status, "", "response is not a JSON object")
-        return doc
+        return _object(resp.status, body)
+
+    async def create(self, path: str, doc: Json, *, deadline_s: float = GET_TIMEOUT) -> Json:
+        """POST one object and return what the server answered (200 or 201): how reviews
+        (TokenReview, SubjectAccessReview) are asked. Raises ApiError, aiohttp.ClientError
+        or TimeoutError; `deadline_s` bounds the whole exchange, waiting for a connection
+        included."""
+        if self._session is None:
+            raise RuntimeError("KubeClient is not open")
+        args = self._request_args({})
+        args["headers"]["Content-Type"] = "application/json"
+        async with self._session.post(
+            self.auth.server + path,
+            data=json.dumps(doc).encode(),
+            timeout=aiohttp.ClientTimeout(total=deadline_s),
+            **args,
+        ) as resp:
+            body = await resp.read()
+            if resp.status not in (200, 201):
+                raise status_error(resp.status, body)
+        return _object(resp.status, body)
 
     async def watch(
         self,
@@ -286,6 +300,16 @@ def proxy_arguments(server: str, proxies: ProxyConfig | None) -> dict[str, Any]:
         credentials = {"Proxy-Authorization": proxy.authorization.decode("latin-1")}
         args["proxy_headers" if https else "headers"] = credentials
     return args
+
+
+def _object(status: int, body: bytes) -> Json:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ApiError(status, "", "response is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ApiError(status, "", "response is not a JSON object")
+    return doc
 
 
 def _event(line: bytes) -> Json:

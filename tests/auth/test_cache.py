@@ -192,3 +192,35 @@ async def test_failed_fetch_without_waiters_is_silent() -> None:
     assert fetch.finished == 1
     assert len(cache) == 0
     assert reported == []  # no "Task exception was never retrieved"
+
+
+async def test_a_bounded_cache_drops_the_least_recently_used() -> None:
+    fetch = Fetcher()
+    cache: SingleFlightCache[str, str] = SingleFlightCache(fetch.clock, max_entries=3)
+    for key in ("a", "b", "c"):
+        await cache.get(key, fetch)
+    assert cache.peek("a") == "v1"  # a is now the most recently used: b goes first
+    await cache.get("d", fetch)
+    assert len(cache) == 3
+    assert cache.peek("b") is None
+    assert await cache.lookup("c", fetch) == ("v3", False)  # c used: a goes next
+    await cache.get("e", fetch)
+    assert cache.peek("a") is None
+    assert [cache.peek(k) for k in ("c", "d", "e")] == ["v3", "v4", "v5"]
+    assert fetch.calls == 5
+
+
+async def test_a_bounded_cache_of_one_keeps_the_newest() -> None:
+    fetch = Fetcher()
+    cache: SingleFlightCache[str, str] = SingleFlightCache(fetch.clock, max_entries=1)
+    await cache.get("a", fetch)
+    await cache.get("b", fetch)
+    assert len(cache) == 1 and cache.peek("b") == "v2" and cache.peek("a") is None
+
+
+async def test_an_unbounded_cache_keeps_every_key() -> None:
+    fetch = Fetcher()
+    cache, _ = make(fetch)
+    for n in range(50):
+        await cache.get(str(n), fetch)
+    assert len(cache) == 50

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +239,58 @@ async def test_get_errors(servers: ServerFactory) -> None:
             await client.get("/x", {})
         with pytest.raises(ApiError, match="not a JSON object"):
             await client.get("/x", {})
+    finally:
+        await client.close()
+
+
+async def test_create_posts_json_and_accepts_200_and_201(servers: ServerFactory) -> None:
+    bodies = iter(
+        [
+            response(201, b'{"kind": "TokenReview", "status": {}}'),
+            response(200, b'{"kind": "SubjectAccessReview"}'),
+            response(403, _status(403, "Forbidden", "cannot create")),
+            response(201, b"[]"),
+        ]
+    )
+
+    async def answer(seen: Seen) -> bytes:
+        return next(bodies)
+
+    server = await servers(answer)
+    client = KubeClient(_auth(server.base, token=Material(data=b"gw-token")))
+    await client.open()
+    try:
+        assert await client.create("/apis/a/v1/r", {"spec": {"x": 1}}) == {
+            "kind": "TokenReview",
+            "status": {},
+        }
+        assert await client.create("/apis/b", {}) == {"kind": "SubjectAccessReview"}
+        with pytest.raises(ApiError, match="403 Forbidden: cannot create"):
+            await client.create("/apis/b", {})
+        with pytest.raises(ApiError, match="not a JSON object"):
+            await client.create("/apis/b", {})
+    finally:
+        await client.close()
+    first = server.requests[0]
+    assert (first.method, first.target) == ("POST", "/apis/a/v1/r")
+    assert json.loads(first.body) == {"spec": {"x": 1}}
+    assert first.value("Content-Type") == "application/json"
+    assert first.value("Authorization") == "Bearer gw-token"
+
+
+async def test_create_is_bounded_by_its_timeout(servers: ServerFactory) -> None:
+    async def never(seen: Seen) -> bytes:
+        await asyncio.sleep(30)
+        return response(201, b"{}")
+
+    server = await servers(never)
+    client = KubeClient(_auth(server.base))
+    await client.open()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await client.create("/apis/x", {}, deadline_s=0.2)
+        assert time.monotonic() - started < 2
     finally:
         await client.close()
 

@@ -1,0 +1,163 @@
+"""`--caller-auth tokens`: a YAML file of token digests, for laptops and folder registries.
+
+The file is the truth, so nothing is cached: every request hashes its token and looks the
+digest up in the table of the last valid file. The file is watched like the registry folder
+(inotify on its folder, debounced, a re-read every second in case events were lost or the
+file is a symlink into another folder), so a change applies within about 2 s. A file that
+turns unreadable or invalid keeps the last valid table serving, and the log says why once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Collection
+from pathlib import Path
+from typing import Final
+
+import watchfiles
+
+from appgateway.caller import bearer
+from appgateway.caller.outcome import Outcomes, forbidden
+from appgateway.caller.tokenfile import TokenFileError, TokenTable, parse_tokens
+from appgateway.config import ConfigurationError
+from appgateway.errors import CallerUnauthenticated, GatewayError
+from appgateway.flow import Flow
+from appgateway.metrics import Metrics
+
+log = logging.getLogger("appgateway.caller")
+
+DEBOUNCE_MS: Final = 200
+RESCAN_MS: Final = 1000
+"""Re-read at least this often: a tiny file, and changes behind a symlink send no event."""
+
+
+class TokensCallerAuth:
+    """Callers and their Applications from `--caller-tokens`."""
+
+    def __init__(self, path: Path, *, metrics: Metrics) -> None:
+        self.path = path.absolute()  # watch events name absolute paths
+        self.table = TokenTable()
+        self.reloads = 0
+        """Valid files applied since start; tests wait on it."""
+        self._data: bytes | None = None
+        self._problem: str | None = None
+        self._outcomes = Outcomes(metrics)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the file (ConfigurationError, exit 2, if unusable), then watch it."""
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        data, result = await asyncio.to_thread(self._read)
+        if isinstance(result, str):
+            raise ConfigurationError(f"--caller-tokens {self.path}: {result}")
+        self._install(data, result)
+        self._task = asyncio.create_task(self._watch(), name="caller-tokens-watch")
+        await asyncio.sleep(0)  # let the watcher start, then catch what changed before it
+        await self.reload()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout=2)
+            except TimeoutError:
+                pass  # wait_for has cancelled it
+
+    def authorize(self, proxy_authorization: bytes | None, application: str) -> Flow[str]:
+        """Never yields: the table is in memory."""
+        try:
+            token = bearer.bearer_token(proxy_authorization)
+            entry = self.table.find(hashlib.sha256(token).digest())
+            if entry is None:
+                raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
+            if not entry.allows(application):
+                raise forbidden(entry.name, application)
+        except GatewayError as error:
+            self._outcomes.failed(error)
+            raise
+        self._outcomes.allowed.inc()
+        return entry.name
+        yield  # pragma: no cover - makes this a generator, the shape the engine drives
+
+    def _read(self) -> tuple[bytes, TokenTable | str]:
+        """The file's bytes and its table, or why it cannot be used (in a thread)."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            return b"", f"cannot read: {exc.strerror or exc}"
+        if data == self._data:
+            return data, self.table
+        try:
+            return data, parse_tokens(data)
+        except TokenFileError as exc:
+            return data, str(exc)
+
+    def _install(self, data: bytes, table: TokenTable) -> None:
+        changed = data != self._data
+        self._data = data
+        self.table = table
+        if changed:
+            self.reloads += 1
+            fields = {"path": str(self.path), "callers": len(table)}
+            log.info("caller tokens loaded", extra={"fields": fields})
+        elif self._problem is not None:
+            log.info("caller tokens file valid again", extra={"fields": {"path": str(self.path)}})
+        self._problem = None
+
+    async def reload(self) -> None:
+        """Read the file again; never raises (a broken file keeps the last valid table)."""
+        try:
+            data, result = await asyncio.to_thread(self._read)
+        except Exception as exc:  # the watcher must go on
+            result, data = f"cannot read: {exc!r}", b""
+        if isinstance(result, TokenTable):
+            self._install(data, result)
+        elif result != self._problem:
+            self._problem = result
+            fields = {"path": str(self.path), "error": result, "callers": len(self.table)}
+            log.error(
+                "caller tokens file rejected, keeping the last valid one", extra={"fields": fields}
+            )
+
+    def _concerns(self, changes: Collection[str]) -> bool:
+        """Events on the file, on dot-named entries (a ConfigMap mount swaps its `..data`
+        symlink), or none at all (the periodic re-read) mean: read it again."""
+        for changed in changes:
+            path = Path(changed)
+            if path == self.path or path.name.startswith("."):
+                return True
+        return not changes
+
+    async def _watch(self) -> None:
+        polling: bool | None = None
+        while not self._stop.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                    self.path.parent,
+                    watch_filter=None,
+                    debounce=DEBOUNCE_MS,
+                    stop_event=self._stop,
+                    rust_timeout=RESCAN_MS,
+                    yield_on_timeout=True,
+                    force_polling=polling,
+                    poll_delay_ms=RESCAN_MS,
+                    recursive=False,
+                    ignore_permission_denied=True,
+                ):
+                    if self._concerns({p for _, p in changes}):
+                        await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not polling:  # once; a missing file is reported by reload()
+                    fields = {"fields": {"error": str(exc), "path": str(self.path)}}
+                    log.warning("caller tokens watch failed, polling instead", extra=fields)
+                polling = True
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=RESCAN_MS / 1000)
+                except TimeoutError:
+                    await self.reload()
