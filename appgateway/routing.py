@@ -113,40 +113,11 @@ def lookup_address(lookup: Lookup, address: str) -> API:
     return _unwrap(lookup.by_path(ids[0], ids[1], entry))
 
 
-def _route_path(lookup: Lookup, path: str, n: int) -> Destination:
-    address, rest = path_address(path, n)
-    return Destination(lookup_address(lookup, address), rest, "path", "/" + address)
-
-
 def host_lookup(lookup: Lookup, host: str | None) -> API | GatewayError | None:
     """The host-routing step: None when the Host value names no service. It depends on the
     Host value alone, so a caller may remember it per snapshot."""
     label = host_label_of(host) if host else None
     return None if label is None else lookup.by_host_label(label)
-
-
-def route_proxy(lookup: Lookup, host: str | None, raw_path: str) -> Destination:
-    """Route a request on the proxy listener; raises the GatewayError the caller gets.
-
-    `raw_path` is the path of the request target as received (latin-1), without the query.
-    """
-    return route_proxy_after(lookup, host_lookup(lookup, host), raw_path)
-
-
-def route_proxy_after(
-    lookup: Lookup, found: API | GatewayError | None, raw_path: str
-) -> Destination:
-    """`route_proxy` with the host step already done (`found`, from `host_lookup`)."""
-    path = pre_normalize(raw_path)
-    if found is not None:
-        # The whole path is the rest; join() then puts exactly one `/` after the target.
-        return Destination(_unwrap(found), path or "/", "host", "")
-    return _route_path(lookup, path, 2)
-
-
-def route_compass(lookup: Lookup, raw_path: str) -> Destination:
-    """Route a request on the Compass listener: `/{app}/{service}/{entry}[/{path}]`."""
-    return _route_path(lookup, pre_normalize(raw_path), 3)
 
 
 T = TypeVar("T")
@@ -199,8 +170,10 @@ class Router(Generic[T]):
         if found is None:
             state, destination = self._by_path(path, 2)
         else:
-            destination = route_proxy_after(self._lookup, found, path)
-            state = self.prepared(destination.api)
+            # The whole path is the rest; join() then puts exactly one `/` after the target.
+            api = _unwrap(found)
+            destination = Destination(api, pre_normalize(path) or "/", "host", "")
+            state = self.prepared(api)
         return state, destination, path, query
 
     def _by_path(self, raw_path: str, n: int) -> tuple[T, Destination]:

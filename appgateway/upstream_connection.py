@@ -184,7 +184,10 @@ class UpstreamConnection:
         except UpstreamUnavailable as exc:
             self._fail(exc)
         except httptools.HttpParserError as exc:
-            if self.phase == Phase.DONE:
+            reason = exc.__cause__ or exc.__context__  # what a callback of ours raised
+            if isinstance(reason, UpstreamUnavailable):
+                self._fail(reason)
+            elif self.phase == Phase.DONE:
                 # Bytes past the end of a complete response (`_Surplus`): the response
                 # stands as framed, and the connection is never reused.
                 self.keep_alive = False
