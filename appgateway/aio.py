@@ -26,13 +26,13 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-async def wait_idle(waiter: asyncio.Future[None], timeout: float) -> None:
-    """Wait for `waiter` (set by a protocol callback) at most `timeout` seconds.
+async def wait_idle(waiter: asyncio.Future[None], seconds: float) -> None:
+    """Wait for `waiter` (set by a protocol callback) at most `seconds`.
 
     Raises TimeoutError when the time is up, so each caller turns silence into its own error
     (a caller's stalled body, a target that stopped reading our upload).
     """
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+    timer = asyncio.get_running_loop().call_later(seconds, _expire, waiter)
     try:
         await waiter
     finally:
