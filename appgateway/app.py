@@ -200,20 +200,13 @@ class Gateway:
             self.metrics.open_connections.set_function(lambda: len(tracker.connections))
             trackers = [tracker]
             servers: list[asyncio.Server] = []
-            for name, sock, port, handler, fast in (
-                (
-                    "proxy",
-                    self.listeners.proxy,
-                    settings.proxy_port,
-                    forwarder.handle_proxy,
-                    forwarder.fast_proxy,
-                ),
+            for name, sock, port, handler in (
+                ("proxy", self.listeners.proxy, settings.proxy_port, forwarder.handle_proxy),
                 (
                     "compass",
                     self.listeners.compass,
                     settings.proxy_port_compass,
                     forwarder.handle_compass,
-                    forwarder.fast_compass,
                 ),
             ):
                 if sock is None:
@@ -225,7 +218,6 @@ class Gateway:
                     request_timeout=settings.request_timeout,
                     idle_timeout=settings.idle_timeout,
                     tracker=tracker,
-                    fast=fast,
                     body_min_rate=settings.body_min_rate,
                 )
                 servers.append(server)

@@ -59,6 +59,14 @@ class LoopDetected(GatewayError):
     error_class = "loop"
 
 
+class CallerGone(GatewayError):
+    """The caller left (or stopped reading or sending past the idle timeout). Nothing is sent
+    to anyone; the access line shows the conventional 499."""
+
+    status = 499
+    error_class = "caller_gone"
+
+
 class NotFound(GatewayError):
     status = 404
     error_class = "not_found"

@@ -24,6 +24,7 @@ STAMP = PACKAGE / "native.stamp"
 # The per-request modules, imported by the data path. The registry, CLI, supervisor and admin
 # code run at start-up or on changes only and stay interpreted.
 COMPILED = (
+    "appgateway.aio",
     "appgateway.auth",
     "appgateway.auth.basic",
     "appgateway.auth.cache",
@@ -32,7 +33,11 @@ COMPILED = (
     "appgateway.auth.deps",
     "appgateway.auth.flows",
     "appgateway.auth.oauth",
+    "appgateway.decide",
     "appgateway.errors",
+    "appgateway.exchange",
+    "appgateway.failures",
+    "appgateway.flow",
     "appgateway.forward",
     "appgateway.headers",
     "appgateway.http1",
@@ -40,10 +45,13 @@ COMPILED = (
     "appgateway.metrics",
     "appgateway.model",
     "appgateway.registry.snapshot",
+    "appgateway.relay",
     "appgateway.rewrite",
     "appgateway.routing",
     "appgateway.server",
+    "appgateway.tunnel",
     "appgateway.upstream",
+    "appgateway.upstream_connection",
     "appgateway.urls",
 )
 

@@ -1,20 +1,24 @@
-"""Find the API a request addresses: host routing first (proxy listener), then path routing.
+"""Find the API a request addresses: the absolute form's authority, then the Host value
+(host routing, proxy listener), then the path (path routing). [pure]
 
 Identifier segments are compared as received (pre-normalised, never decoded), and the rest
 keeps the caller's escaping; both are decided here once so later steps never re-parse the
-request target (behaviour.md §2).
+request target (behaviour.md §2). `Router` is the whole order, with what it learns about one
+snapshot remembered; the forwarder makes one per snapshot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 from appgateway.errors import BadRequest, GatewayError
 from appgateway.model import API
 from appgateway.urls import pre_normalize
 
 IDENTIFIER_MESSAGE: Final = "failed to extract API Identifier from path"
+MAX_REMEMBERED_HOSTS: Final = 1024
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -27,9 +31,10 @@ class Lookup(Protocol):
 
 
 @dataclass(init=False)
-class Route:
-    """Built per request: not frozen (a frozen `__init__` is several times slower), and the
-    `__init__` is written out because a generated one would run interpreted under mypyc."""
+class Destination:
+    """Where one request goes. Built per request: not frozen (a frozen `__init__` is several
+    times slower), and the `__init__` is written out because a generated one would run
+    interpreted under mypyc."""
 
     api: API
     rest: str | None  # escaped rest after routing (pre-normalised), None when absent
@@ -108,11 +113,6 @@ def lookup_address(lookup: Lookup, address: str) -> API:
     return _unwrap(lookup.by_path(ids[0], ids[1], entry))
 
 
-def _route_path(lookup: Lookup, path: str, n: int) -> Route:
-    address, rest = path_address(path, n)
-    return Route(lookup_address(lookup, address), rest, "path", "/" + address)
-
-
 def host_lookup(lookup: Lookup, host: str | None) -> API | GatewayError | None:
     """The host-routing step: None when the Host value names no service. It depends on the
     Host value alone, so a caller may remember it per snapshot."""
@@ -120,23 +120,66 @@ def host_lookup(lookup: Lookup, host: str | None) -> API | GatewayError | None:
     return None if label is None else lookup.by_host_label(label)
 
 
-def route_proxy(lookup: Lookup, host: str | None, raw_path: str) -> Route:
-    """Route a request on the proxy listener; raises the GatewayError the caller gets.
+T = TypeVar("T")
 
-    `raw_path` is the path of the request target as received (latin-1), without the query.
+
+class Router(Generic[T]):
+    """The routing order for one snapshot, remembering what it found.
+
+    `prepare` turns a found API into what the caller keeps per API (T); it runs once per API
+    and snapshot. Callers use few Host values and few identifier parts, so both are
+    remembered: a request then costs one dictionary lookup by a string, where a snapshot
+    lookup plus the caller's own by API cost two (with 10,000 Applications each misses the
+    CPU caches). Only found APIs are kept per identifier part, so that memo never outgrows
+    the snapshot's routes; the Host memo is bounded.
     """
-    return route_proxy_after(lookup, host_lookup(lookup, host), raw_path)
 
+    def __init__(self, lookup: Lookup, prepare: Callable[[API], T]) -> None:
+        self._lookup = lookup
+        self._prepare = prepare
+        self._prepared: dict[int, T] = {}
+        self._hosts: dict[str | None, API | GatewayError | None] = {}
+        self._addresses: dict[str, tuple[T, API]] = {}
 
-def route_proxy_after(lookup: Lookup, found: API | GatewayError | None, raw_path: str) -> Route:
-    """`route_proxy` with the host step already done (`found`, from `host_lookup`)."""
-    path = pre_normalize(raw_path)
-    if found is not None:
-        # The whole path is the rest; join() then puts exactly one `/` after the target.
-        return Route(_unwrap(found), path or "/", "host", "")
-    return _route_path(lookup, path, 2)
+    def prepared(self, api: API) -> T:
+        state = self._prepared.get(id(api))
+        if state is None:
+            state = self._prepared[id(api)] = self._prepare(api)
+        return state
 
+    def route(
+        self, target: str, host: str | None, compass: bool
+    ) -> tuple[T, Destination, str, str]:
+        """(prepared API, destination, path, query) for a request target as received
+        (latin-1) and its first Host value. Raises the GatewayError the caller gets."""
+        if not target.startswith("/"):
+            authority, target = split_absolute_form(target)
+            if authority is not None:
+                host = authority  # the absolute form's authority wins over Host
+        path, _, query = target.partition("?")
+        if compass:
+            state, destination = self._by_path(path, 3)
+            return state, destination, path, query
+        hosts = self._hosts
+        try:
+            found = hosts[host]
+        except KeyError:
+            found = host_lookup(self._lookup, host)
+            if len(hosts) < MAX_REMEMBERED_HOSTS:
+                hosts[host] = found
+        if found is None:
+            state, destination = self._by_path(path, 2)
+        else:
+            # The whole path is the rest; join() then puts exactly one `/` after the target.
+            api = _unwrap(found)
+            destination = Destination(api, pre_normalize(path) or "/", "host", "")
+            state = self.prepared(api)
+        return state, destination, path, query
 
-def route_compass(lookup: Lookup, raw_path: str) -> Route:
-    """Route a request on the Compass listener: `/{app}/{service}/{entry}[/{path}]`."""
-    return _route_path(lookup, pre_normalize(raw_path), 3)
+    def _by_path(self, raw_path: str, n: int) -> tuple[T, Destination]:
+        address, rest = path_address(pre_normalize(raw_path), n)
+        known = self._addresses.get(address)
+        if known is None:
+            api = lookup_address(self._lookup, address)
+            known = self._addresses[address] = (self.prepared(api), api)
+        return known[0], Destination(known[1], rest, "path", "/" + address)

@@ -1,9 +1,9 @@
 """Proxy and Compass listeners: the server Protocol (httptools request parser).
 
-One `ClientConnection` per socket parses requests with llhttp in strict mode, runs one task
-per request through `handler`, answers pipelined requests in order, and streams bodies in
-both directions with pause/resume_reading back-pressure. Nothing here knows about routing
-or credentials: `Exchange` is the whole interface the pipeline sees.
+One `ClientConnection` per socket parses requests with llhttp in strict mode, hands each to
+`handler` (a plain call: the handler decides whether anything needs a task), answers
+pipelined requests in order, and applies back-pressure both ways. Nothing here knows about
+routing or credentials: `Exchange` is the whole interface the pipeline sees.
 """
 
 from __future__ import annotations
@@ -12,292 +12,29 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 import httptools
 
 from appgateway import http1
-from appgateway.errors import BadRequest, BodyTooSlow, GatewayError
+from appgateway.aio import READ_SIZE, as_protocol
+from appgateway.errors import BadRequest
+from appgateway.exchange import Answer, Exchange
 from appgateway.headers import lower_name
 from appgateway.model import Headers
-from appgateway.upstream import READ_SIZE, as_protocol, timeout_waiter
 
 log: Final = logging.getLogger("appgateway.server")
 
 MAX_HEAD: Final = 64 * 1024
-HIGH_WATER: Final = 16 * 1024
-"""Request-body bytes buffered before reading from the caller pauses."""
 WRITE_HIGH_WATER: Final = 32 * 1024
 """Bytes waiting for a caller before the relay stops reading from the target. With the
 reads of `READ_SIZE`, a download the caller stalls holds some tens of KiB here."""
 
 
-class ClientGone(Exception):
-    """The caller closed its connection or stalled past the idle timeout."""
-
-
-class Exchange:
-    """One request on a client connection and the means to answer it."""
-
-    __slots__ = (
-        "conn",
-        "method",
-        "target",
-        "headers",
-        "http11",
-        "keep_alive",
-        "content_length",
-        "chunked",
-        "expect_continue",
-        "bytes_in",
-        "bytes_out",
-        "started",
-        "status_sent",
-        "finished",
-        "_chunks",
-        "_buffered",
-        "body_complete",
-        "_body_error",
-        "_waiter",
-        "_continue_sent",
-        "_body_allowed",
-        "_chunked_out",
-        "_close_after",
-        "_head",
-        "_waited",
-        "_waited_from",
-        "request_id",
-        "on_lost",
-        "on_writable",
-    )
-
-    def __init__(
-        self, conn: ClientConnection, method: bytes, target: bytes, headers: Headers
-    ) -> None:
-        self.conn = conn
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.http11 = True
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.expect_continue = False
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.started = False
-        self.status_sent = 0
-        self.finished = False
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self.body_complete = False
-        self._body_error: GatewayError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._continue_sent = False
-        self._body_allowed = True
-        self._chunked_out = False
-        self._close_after = False
-        self._head = b""
-        # The body's minimum rate: how long a read has waited for the caller in the current
-        # window (request-timeout seconds of waiting), and `bytes_in` when the window began.
-        self._waited = 0.0
-        self._waited_from = 0
-        self.request_id: bytes | None = None
-        # Set while a fast handler (no task) owns the exchange: told when the caller leaves.
-        self.on_lost: Callable[[], None] | None = None
-        self.on_writable: Callable[[], None] | None = None  # once, when a paused write resumes
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.content_length is not None
-
-    # -- request body ----------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self.bytes_in += len(data)
-        if self._buffered > HIGH_WATER:
-            self.conn.pause_reading()
-        self._wake()
-
-    def _feed_eof(self) -> None:
-        self.body_complete = True
-        self._wake()
-
-    def _fail(self, error: GatewayError) -> None:
-        self._body_error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The next request-body bytes, b"" at the end. Raises ClientGone."""
-        conn = self.conn
-        while True:
-            if self._chunks:
-                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                conn.resume_reading()
-                return data
-            if self.body_complete:
-                return b""
-            if self._body_error is not None:
-                raise self._body_error
-            if conn.closed:
-                raise ClientGone("caller closed the connection during the request body")
-            if self.expect_continue and not self._continue_sent:
-                self._continue_sent = True
-                conn.write(http1.CONTINUE_100)
-            conn.resume_reading()
-            loop = conn.loop
-            window = conn.request_timeout
-            waiter = loop.create_future()
-            self._waiter = waiter
-            # Wake at the idle timeout, or when the rate window is used up if that is sooner.
-            delay = min(conn.idle_timeout, window - self._waited) if conn.body_min_rate else None
-            started = loop.time()
-            timer = loop.call_later(
-                conn.idle_timeout if delay is None else delay, timeout_waiter, waiter
-            )
-            try:
-                await waiter
-            except TimeoutError:
-                if delay is None or delay >= conn.idle_timeout:
-                    raise ClientGone("request body idle timeout") from None
-            finally:
-                timer.cancel()
-                self._waiter = None
-            if delay is not None:
-                self._check_rate(loop.time() - started, window, conn.body_min_rate)
-
-    def _check_rate(self, waited: float, window: float, min_rate: int) -> None:
-        """Counts only the time the gateway waited for the caller: a body held back by our
-        own back-pressure (a slow target) is not the caller's fault."""
-        self._waited += waited
-        if self._waited < window:
-            return
-        if self.bytes_in - self._waited_from < min_rate * window:
-            raise BodyTooSlow(f"request body slower than {min_rate} bytes/s")
-        self._waited = 0.0
-        self._waited_from = self.bytes_in
-
-    async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
-        """Buffer the body up to `limit` bytes: (data, complete)."""
-        parts: list[bytes] = []
-        size = 0
-        while size <= limit:
-            data = await self.read()
-            if not data:
-                return b"".join(parts), True
-            parts.append(data)
-            size += len(data)
-        return b"".join(parts), False
-
-    # -- response --------------------------------------------------------------------
-    def start_response(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        content_length: int | None,
-        codings: bytes | None = None,
-    ) -> None:
-        """Write the response head, choosing the framing towards the caller. `codings`
-        (transfer codings the body still carries, such as gzip) need chunked framing, so
-        an HTTP/1.1 caller (forward.py refuses them to HTTP/1.0 callers)."""
-        self.started = True
-        self.status_sent = status
-        allowed = http1.body_allowed(status, self.method)
-        self._body_allowed = allowed
-        chunked = False
-        length = content_length
-        if not allowed:
-            if status == 204 or status < 200:
-                length = None
-        elif codings is not None:
-            chunked = True
-            length = None
-        elif length is None:
-            if self.http11:
-                chunked = True
-            else:
-                self._close_after = True
-        self._chunked_out = chunked
-        close = self._close_after or not self.keep_alive or not self.body_complete
-        if close:
-            self._close_after = True
-        head = http1.response_head(
-            status,
-            reason,
-            headers,
-            content_length=length,
-            chunked=chunked,
-            close=close,
-            codings=codings,
-        )
-        self.bytes_out += len(head)
-        # Held back and sent with the first body bytes: one write (and one segment) for a
-        # small response instead of two.
-        self._head = head
-
-    async def write(self, data: bytes) -> None:
-        self.send(data)
-        await self.conn.drain()
-
-    def send(self, data: bytes) -> None:
-        """Write body bytes without waiting; the caller checks `conn.writing_paused`."""
-        if not self._body_allowed or not data:
-            return
-        self.bytes_out += len(data)
-        if self._chunked_out:
-            data = http1.chunk(data)
-        head = self._head
-        if head:
-            self._head = b""
-            data = head + data
-        self.conn.write(data)
-
-    def flush_head(self) -> None:
-        """Send a held-back head now (the body will be slow to come)."""
-        if self._head:
-            self.conn.write(self._head)
-            self._head = b""
-
-    def end(self) -> None:
-        tail = http1.LAST_CHUNK if self._chunked_out else b""
-        head = self._head
-        if head or tail:
-            self._head = b""
-            self.conn.write(head + tail)
-        self.finished = True
-
-    def send_error(self, error: GatewayError) -> None:
-        """A complete gateway-made response; the connection closes if the body was not read."""
-        close = not self.keep_alive or not self.body_complete
-        if close:
-            self._close_after = True
-        data = http1.error_response(error, close=close)
-        self.started = True
-        self.status_sent = error.status
-        self.finished = True
-        self.bytes_out += len(data)
-        self.conn.write(data)
-
-    def abort(self) -> None:
-        """Cut the response (an upstream failure after the head was sent)."""
-        self._close_after = True
-        self.conn.abort()
-
-
-Handler = Callable[[Exchange], Awaitable[None]]
-FastHandler = Callable[[Exchange], bool]
-"""Takes an exchange over without a task when it can (True). It then ends it with
-`conn.done(exchange)`, or hands the rest to a task with `conn.run(exchange, coro)`."""
+Handler = Callable[[Exchange], None]
+"""Takes each exchange over; it ends it, then or later, with `exchange.done()`, and sets
+`on_lost` while it holds anything the caller's leaving must release."""
 
 
 class ClientConnection:
@@ -311,7 +48,6 @@ class ClientConnection:
         request_timeout: float,
         idle_timeout: float,
         tracker: ConnectionTracker,
-        fast: FastHandler | None = None,
         body_min_rate: int = 0,
         read_buffer: memoryview | None = None,
     ) -> None:
@@ -320,7 +56,6 @@ class ClientConnection:
         self.read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
         self.body_min_rate = body_min_rate
         self.handler = handler
-        self.fast = fast
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.tracker = tracker
@@ -333,7 +68,6 @@ class ClientConnection:
         self._parsing: Exchange | None = None
         self._last: Exchange | None = None
         self._active: Exchange | None = None
-        self._task: asyncio.Task[None] | None = None
         self._queue: deque[Exchange] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None
@@ -342,7 +76,6 @@ class ClientConnection:
         self._heads = 0  # heads parsed, to tell whether a piece of input completed one
         self._reading_paused = False
         self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self._pending_error: bytes | None = None
         self._rejected: tuple[int, str] | None = None
         self._broken = False
@@ -415,13 +148,10 @@ class ClientConnection:
         for exchange in (self._parsing, self._active, *self._queue):
             if exchange is not None:
                 exchange._wake()
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_exception(ClientGone("caller closed the connection"))
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        elif self._active is not None and self._active.on_lost is not None:
-            self._active.on_lost()
+        active = self._active
+        if active is not None and active.on_lost is not None:
+            hook, active.on_lost = active.on_lost, None
+            hook()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -432,9 +162,6 @@ class ClientConnection:
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
         active = self._active
         if active is not None and active.on_writable is not None:
             hook, active.on_writable = active.on_writable, None
@@ -527,49 +254,26 @@ class ClientConnection:
     # -- request lifecycle ------------------------------------------------------------
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
-        fast = self.fast
-        if fast is not None:
-            try:
-                if fast(exchange):
-                    return
-            except Exception:
-                # The fast handler sends nothing before it is sure to own the exchange, so
-                # the task path can still answer (and log) whatever went wrong.
-                log.error("internal error in the fast path", exc_info=log.isEnabledFor(10))
-        self.run(exchange, self.handler(exchange))
-
-    def run(self, exchange: Exchange, work: Awaitable[None]) -> None:
-        """Handle `exchange` (or the rest of it) in a task."""
-        exchange.on_lost = exchange.on_writable = None
-        self._task = self.loop.create_task(self._run(exchange, work))
-
-    def done(self, exchange: Exchange) -> None:
-        """A fast handler ended `exchange`."""
-        exchange.on_lost = exchange.on_writable = None
-        if self._active is exchange:
-            self._finished(exchange)
-
-    async def _run(self, exchange: Exchange, work: Awaitable[None]) -> None:
         try:
-            await work
-        except asyncio.CancelledError:
-            exchange._close_after = True
-        except ClientGone:
-            exchange._close_after = True
+            self.handler(exchange)
         except Exception:
+            # The handler ends what it can itself; this is the net under it.
             log.error("internal error while handling a request", exc_info=log.isEnabledFor(10))
             if not exchange.started and not self.closed:
                 self.write(http1.simple_error(500, "internal error"))
             exchange._close_after = True
-        finally:
+            if self._active is exchange:
+                exchange.done()
+
+    def done(self, exchange: Exchange) -> None:
+        if self._active is exchange:
             self._finished(exchange)
 
     def _finished(self, exchange: Exchange) -> None:
         self._active = None
-        self._task = None
         if self.closed:
             return
-        if exchange._close_after or not exchange.finished or not exchange.body_complete:
+        if exchange._close_after or exchange.answer != Answer.ENDED or not exchange.body_complete:
             self.close()
             return
         if self._queue:
@@ -631,22 +335,6 @@ class ClientConnection:
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
-
-    async def drain(self) -> None:
-        if not self._write_paused:
-            return
-        if self.closed:
-            raise ClientGone("caller closed the connection")
-        waiter = self.loop.create_future()
-        self._drain = waiter
-        timer = self.loop.call_later(self.idle_timeout, timeout_waiter, waiter)
-        try:
-            await waiter
-        except TimeoutError:
-            raise ClientGone("response body idle timeout (caller not reading)") from None
-        finally:
-            timer.cancel()
-            self._drain = None
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.closed:
@@ -753,7 +441,6 @@ async def serve(
     request_timeout: float,
     idle_timeout: float,
     tracker: ConnectionTracker,
-    fast: FastHandler | None = None,
     body_min_rate: int = 0,
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
@@ -767,7 +454,6 @@ async def serve(
             request_timeout=request_timeout,
             idle_timeout=idle_timeout,
             tracker=tracker,
-            fast=fast,
             body_min_rate=body_min_rate,
             read_buffer=read_buffer,
         )

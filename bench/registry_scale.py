@@ -5,7 +5,7 @@ file per Application (an Application with a Basic, an OAuth and an open service,
 Secrets), and measures:
 
 1. **in process** (this script, importing appgateway): the time `load_snapshot` takes per
-   folder, and the cost of `routing.route_proxy` per call, path and host routing, against the
+   folder, and the cost of `routing.Router.route` per call, path and host routing, against the
    small and the large snapshot (the same number of calls, cycling over all routes of each).
 2. **gateway** (`appgateway serve`, one worker, pinned): the time from spawn to `/v1/ready`,
    VmRSS once ready and after traffic, so the RSS the large registry adds; and wall-clock req/s
@@ -64,7 +64,7 @@ from appgateway import tls
 from appgateway.errors import GatewayError
 from appgateway.registry.folder import FolderRegistry, load_snapshot
 from appgateway.registry.snapshot import Snapshot
-from appgateway.routing import route_proxy
+from appgateway.routing import Router
 
 SERVICES = (ApiSpec("basic", "basic"), ApiSpec("oauth", "oauth"), ApiSpec("open", "none"))
 ADDED = ApiSpec("added", "none")
@@ -110,7 +110,13 @@ class InProcess:
 def time_routing(
     snapshot: Snapshot, paths: Sequence[str], hosts: Sequence[str], calls: int
 ) -> tuple[float, float]:
-    """ns per route_proxy call, path then host routing; every route is warmed up first."""
+    """ns per `Router.route` call (the production path, with its memo per snapshot), path then
+    host routing; every route is warmed up first."""
+    router = Router(snapshot, lambda api: api)
+
+    def route_proxy(_: Snapshot, host: str | None, target: str) -> object:
+        return router.route(target, host, False)
+
     for path in paths:
         try:
             route_proxy(snapshot, None, path)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ from http import HTTPStatus
 from pathlib import Path
 
 import pytest
+
+from appgateway.errors import CallerGone
+from appgateway.exchange import Exchange
+from appgateway.server import ConnectionTracker, serve
+from appgateway.server import Handler as ExchangeHandler
+from appgateway.upstream import Upstream
+
+pytest_plugins = ["tests.pipeline"]  # the in-process pipeline (make_rig, rig)
 
 PROXY_AND_TLS_VARIABLES = (
     "HTTP_PROXY",
@@ -461,3 +470,96 @@ def registry_dir(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "registry"
     folder.mkdir()
     yield folder
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """The target-side client, closed after the test."""
+    client = Upstream(asyncio.get_running_loop())
+    yield client
+    client.close()
+    await asyncio.sleep(0)
+
+
+# -- the caller-side server with small handlers (test_server.py, test_exchange.py) --------
+
+
+@dataclass
+class Listening:
+    port: int
+    tracker: ConnectionTracker
+
+
+Listen = Callable[..., Awaitable[Listening]]
+TaskHandler = Callable[[Exchange], Awaitable[None]]
+
+
+def in_task(handler: TaskHandler) -> ExchangeHandler:
+    """Runs a coroutine handler in a task that owns the exchange, as the gateway's relay
+    runs its prelude: the caller leaving cancels it, and it ends the exchange when done."""
+
+    def start(ex: Exchange) -> None:
+        async def run() -> None:
+            try:
+                await handler(ex)
+            except (asyncio.CancelledError, CallerGone):
+                ex.abort()
+            finally:
+                ex.done()
+
+        task = asyncio.get_running_loop().create_task(run())
+
+        def cancel() -> None:
+            task.cancel()
+
+        ex.on_lost = cancel
+
+    return start
+
+
+async def write(ex: Exchange, data: bytes) -> None:
+    """Send and, when the caller's buffer is full, wait until it takes more."""
+    ex.send(data)
+    if ex.conn.writing_paused:
+        writable = asyncio.get_running_loop().create_future()
+        ex.on_writable = lambda: writable.set_result(None)
+        await writable
+
+
+@pytest.fixture
+async def listen() -> AsyncIterator[Listen]:
+    """`await listen(handler, request_timeout=..., idle_timeout=...)` serves on 127.0.0.1:0."""
+    started: list[tuple[asyncio.Server, ConnectionTracker]] = []
+
+    async def start(
+        handler: TaskHandler | ExchangeHandler,
+        *,
+        request_timeout: float = 5.0,
+        idle_timeout: float = 5.0,
+        body_min_rate: int = 0,
+        plain: bool = False,
+    ) -> Listening:
+        """`plain`: the handler is a plain function (the server's own interface)."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        tracker = ConnectionTracker()
+        server = await serve(
+            asyncio.get_running_loop(),
+            handler if plain else in_task(handler),  # type: ignore[arg-type]
+            sock,
+            request_timeout=request_timeout,
+            idle_timeout=idle_timeout,
+            tracker=tracker,
+            body_min_rate=body_min_rate,
+        )
+        started.append((server, tracker))
+        return Listening(sock.getsockname()[1], tracker)
+
+    yield start
+    for server, tracker in started:
+        server.close()
+        tracker.abort_all()
+        await server.wait_closed()
+    await asyncio.sleep(0.01)  # let cancelled handler tasks finish

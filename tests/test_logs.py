@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from appgateway.errors import UpstreamTimeout
 from appgateway.logs import (
     FLUSH_LINES,
     FLUSH_SECONDS,
     AccessLog,
+    Call,
     LogControl,
     ReportFormatter,
     _millis_text,
@@ -294,21 +296,16 @@ def test_access_request_matches_the_generic_writer(
     }
     access.write(fields)
     static = access.static_part("proxy", "path", "a", "s", "e")
-    access.request(
-        static,
-        "GET",
-        path,
-        200,
-        upstream_status,
-        True,
-        0.0015,
-        None if upstream_status is None else 0.00025,
-        3,
-        4,
-        error,
-        None if error is None else "upstream_timeout",
-        request_id,
-    )
+    call = Call("proxy", 0.0, "GET", path)
+    call.status = 200
+    call.upstream_status = upstream_status
+    call.retried = True
+    call.duration_s = 0.0015
+    call.upstream_s = None if upstream_status is None else 0.00025
+    call.bytes_in, call.bytes_out = 3, 4
+    call.error = None if error is None else UpstreamTimeout(error)
+    call.request_id = request_id
+    access.request(static, call)
     generic, fast = (json.loads(line) for line in out.getvalue().splitlines())
     generic.pop("ts")
     fast.pop("ts")

@@ -13,7 +13,7 @@ from appgateway.errors import UpstreamUnavailable
 from appgateway.model import Target
 from appgateway.proxy import ProxyConfig, ProxyServer, parse_proxy_url
 from appgateway.tls import TlsContexts
-from appgateway.upstream import OutboundRequest, Upstream
+from appgateway.upstream import Upstream
 from tests.conftest import RawServer, ServerFactory
 from tests.test_upstream import Pki, exchange, outbound, pki, target_of
 
@@ -183,9 +183,8 @@ async def test_refused_connect_is_a_502() -> None:
     target = Target("https", "127.0.0.1", 9, "127.0.0.1:9", "/", "")
     try:
         pool = upstream.pool(target, False, "", TlsContexts().get(False, None))
-        request = OutboundRequest(b"GET", target, b"/", [(b"Host", b"127.0.0.1:9")], None)
         with pytest.raises(UpstreamUnavailable) as info:
-            await upstream.send(request, pool, header_timeout=5, idle_timeout=5)
+            await upstream.connect(target, pool)
         assert info.value.status == 502
         assert info.value.message == "proxy refused CONNECT: status 403"
     finally:

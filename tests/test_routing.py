@@ -8,14 +8,12 @@ from appgateway.errors import BadRequest, ConfigError, GatewayError, NotFound
 from appgateway.model import API, APIRef, NoAuth, RequestParameters
 from appgateway.routing import (
     IDENTIFIER_MESSAGE,
+    Destination,
     Lookup,
-    Route,
+    Router,
     host_label_of,
     host_lookup,
     path_address,
-    route_compass,
-    route_proxy,
-    route_proxy_after,
     split_absolute_form,
 )
 from appgateway.urls import parse_target, wire_path
@@ -86,6 +84,15 @@ def lookup() -> FakeLookup:
     )
 
 
+def route_proxy(found: Lookup, host: str | None, target: str) -> Destination:
+    """The proxy listener's routing, by a router that has seen nothing yet."""
+    return Router(found, lambda api: api).route(target, host, False)[1]
+
+
+def route_compass(found: Lookup, target: str) -> Destination:
+    return Router(found, lambda api: api).route(target, None, True)[1]
+
+
 def test_fake_lookup_satisfies_protocol() -> None:
     checked: Lookup = lookup()
     assert checked.by_host_label("nothing") is None
@@ -115,7 +122,9 @@ def test_proxy_path_identifier_errors(path: str) -> None:
 )
 def test_proxy_path_routing(path: str, rest: str | None, base: str) -> None:
     found = lookup()
-    assert route_proxy(found, None, path) == Route(api=ORDERS, rest=rest, mode="path", base=base)
+    assert route_proxy(found, None, path) == Destination(
+        api=ORDERS, rest=rest, mode="path", base=base
+    )
     assert found.calls == [("path", "erp", "orders-api-v2", "")]
 
 
@@ -160,7 +169,7 @@ def test_compass_identifier_errors(path: str) -> None:
 def test_compass_routing(path: str, rest: str | None) -> None:
     found = lookup()
     route = route_compass(found, path)
-    assert route == Route(
+    assert route == Destination(
         api=ORDERS, rest=rest, mode="path", base="/erp/orders-api-v2/sales-orders"
     )
     assert found.calls == [("path", "erp", "orders-api-v2", "sales-orders")]
@@ -209,7 +218,7 @@ def test_host_label_of(host: str, label: str | None) -> None:
 def test_host_routing(path: str, rest: str, wire: str) -> None:
     found = lookup()
     route = route_proxy(found, "erp-77aa01.kyma-system.svc.cluster.local", path)
-    assert route == Route(api=HOSTED, rest=rest, mode="host", base="")
+    assert route == Destination(api=HOSTED, rest=rest, mode="host", base="")
     assert found.calls == [("host", "erp-77aa01")]
     assert wire_path(route.api.target.path, route.rest, True) == wire
     assert wire_path(route.api.target.path, route.rest, False) == wire
@@ -244,8 +253,8 @@ def test_host_lookup_is_the_host_step_alone() -> None:
     assert host_lookup(lookup(), "ERP-77AA01.svc:80") is HOSTED
     assert host_lookup(lookup(), "other.example") is None
     assert host_lookup(lookup(), None) is None
-    route = route_proxy_after(lookup(), HOSTED, "/a/b")
-    assert route == Route(api=HOSTED, rest="/a/b", mode="host", base="")
+    route = route_proxy(lookup(), "erp-77aa01", "/a/b")
+    assert route == Destination(api=HOSTED, rest="/a/b", mode="host", base="")
 
 
 @pytest.mark.parametrize(
@@ -253,7 +262,9 @@ def test_host_lookup_is_the_host_step_alone() -> None:
 )
 def test_host_without_match_falls_back_to_path(host: str | None) -> None:
     route = route_proxy(lookup(), host, "/erp/customer-master-data/x")
-    assert route == Route(api=CUSTOMERS, rest="x", mode="path", base="/erp/customer-master-data")
+    assert route == Destination(
+        api=CUSTOMERS, rest="x", mode="path", base="/erp/customer-master-data"
+    )
 
 
 def test_host_without_match_never_404s_on_its_own() -> None:
@@ -289,7 +300,7 @@ def test_split_absolute_form(target: str, expected: tuple[str | None, str]) -> N
 def test_absolute_form_routes_by_authority() -> None:
     host, origin = split_absolute_form("http://erp-77aa01.kyma-system/customers/42?top=1")
     route = route_proxy(lookup(), host, origin.partition("?")[0])
-    assert route == Route(api=HOSTED, rest="/customers/42", mode="host", base="")
+    assert route == Destination(api=HOSTED, rest="/customers/42", mode="host", base="")
 
 
 @pytest.mark.parametrize(
@@ -316,3 +327,71 @@ def test_path_address_needs_every_identifier(path: str, n: int) -> None:
     with pytest.raises(BadRequest) as info:
         path_address(path, n)
     assert info.value.message == IDENTIFIER_MESSAGE
+
+
+# -- the router: the whole order, and what it remembers per snapshot ------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "compass", "api", "path", "query"),
+    [
+        ("/erp/orders-api-v2/x?a=1", None, False, ORDERS, "/erp/orders-api-v2/x", "a=1"),
+        ("/erp/orders-api-v2/x?a=1", "erp-77aa01", False, HOSTED, "/erp/orders-api-v2/x", "a=1"),
+        # The absolute form's authority routes, whatever the Host field says.
+        ("http://erp-77aa01/p?q", "other", False, HOSTED, "/p", "q"),
+        (
+            "http://other/erp/orders-api-v2?q",
+            "erp-77aa01",
+            False,
+            ORDERS,
+            "/erp/orders-api-v2",
+            "q",
+        ),
+        (
+            "/erp/orders-api-v2/sales-orders/x?z",
+            "erp-77aa01",
+            True,
+            ORDERS,
+            "/erp/orders-api-v2/sales-orders/x",
+            "z",
+        ),
+    ],
+)
+def test_router_order(
+    target: str, host: str | None, compass: bool, api: API, path: str, query: str
+) -> None:
+    prepared, dest, got_path, got_query = Router(lookup(), lambda a: a.ref).route(
+        target, host, compass
+    )
+    assert (dest.api, got_path, got_query, prepared) == (api, path, query, api.ref)
+
+
+def test_router_prepares_each_api_once_and_remembers_what_it_found() -> None:
+    found = lookup()
+    prepared: list[API] = []
+
+    def prepare(api: API) -> str:
+        prepared.append(api)
+        return api.ref.entry
+
+    router = Router(found, prepare)
+    for _ in range(3):
+        assert router.route("/erp/orders-api-v2/a", None, False)[0] == "sales-orders"
+        assert router.route("/erp/orders-api-v2/b", "nohost", False)[0] == "sales-orders"
+        assert router.route("/x", "erp-77aa01", False)[0] == "customers"
+    assert prepared == [ORDERS, HOSTED]
+    # One snapshot lookup per Host value and per identifier part, whatever the repeats.
+    assert found.calls == [
+        ("path", "erp", "orders-api-v2", ""),
+        ("host", "nohost"),
+        ("host", "erp-77aa01"),
+    ]
+
+
+def test_router_keeps_only_found_apis_per_address() -> None:
+    found = lookup()
+    router = Router(found, lambda api: api)
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            router.route("/erp/missing/x", None, False)
+    assert found.calls.count(("path", "erp", "missing", "")) == 2

@@ -1,7 +1,10 @@
 """The upstream client against scripted loopback servers: pools, framing, failures, TLS.
 
-Every failure a target can cause must come out as UpstreamUnavailable (502) or
-UpstreamTimeout (504) with a short reason; the scripted servers produce each cause for real.
+Every failure a target can cause must reach the connection's sink as an UpstreamUnavailable
+(502) with a short reason; the scripted servers produce each cause for real. `Capture` is a
+sink that turns the callbacks into awaitables, reading the connection as the relay does.
+What the relay then decides (timeouts' messages, resends, uploads) is tested in
+test_forward.py and test_relay.py.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +28,8 @@ from cryptography.x509.oid import NameOID
 from appgateway.errors import UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import ClientCert, Headers, Target
 from appgateway.tls import TlsContexts, load_client_cert
-from appgateway.upstream import (
-    OutboundRequest,
-    Pool,
-    StreamedBody,
-    Upstream,
-    UpstreamResponse,
-)
+from appgateway.upstream import OutboundRequest, Pool, Upstream, encode
+from appgateway.upstream_connection import Phase, UpstreamConnection
 from appgateway.urls import parse_target
 from tests.conftest import (
     Connection,
@@ -45,14 +42,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    client = Upstream(asyncio.get_running_loop())
-    yield client
-    client.close()
-    await asyncio.sleep(0)
 
 
 def target_of(server: RawServer, path: str = "/") -> Target:
@@ -70,66 +59,78 @@ def outbound(
     method: bytes = b"GET",
     headers: Headers | None = None,
     body: bytes | None = None,
-    stream: StreamedBody | None = None,
 ) -> OutboundRequest:
     target = target_of(server)
     fields = headers if headers is not None else [(b"Host", target.authority.encode())]
-    return OutboundRequest(method, target, path, fields, body, stream)
+    return OutboundRequest(method, target, path, fields, body)
+
+
+class Capture:
+    """A sink that exposes the response as awaitables: the head, then the whole body.
+
+    `stalled`: read nothing once the head is in, as when the caller stops reading (the relay
+    then holds the connection too).
+    """
+
+    def __init__(self, stalled: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.end: asyncio.Future[bytes] = loop.create_future()
+        self.parts: list[bytes] = []
+        self.stalled = stalled
+        self.pumps = 0
+
+    def pump(self, conn: UpstreamConnection) -> None:
+        self.pumps += 1
+        if self.stalled and conn.phase == Phase.BODY:
+            if not self.head.done():
+                self.head.set_result(None)
+            conn.hold(True)
+            return
+        self.parts.append(conn.take())
+        failure: Exception | None = conn.error
+        if failure is None and conn.timed_out:
+            failure = TimeoutError()
+        if not self.head.done():
+            if conn.phase in (Phase.BODY, Phase.DONE):
+                self.head.set_result(None)
+            elif failure is not None:
+                self.head.set_exception(failure)
+                self.end.cancel()  # there will be no body
+                return
+        if not self.end.done():
+            if conn.phase == Phase.DONE:
+                self.end.set_result(b"".join(self.parts))
+            elif failure is not None:
+                self.end.set_exception(failure)
 
 
 async def send(
-    upstream: Upstream,
-    pool: Pool,
-    req: OutboundRequest,
-    *,
-    header_timeout: float = 5.0,
-    idle_timeout: float = 5.0,
-) -> UpstreamResponse:
-    return await upstream.send(req, pool, header_timeout=header_timeout, idle_timeout=idle_timeout)
-
-
-async def body_of(resp: UpstreamResponse, idle_timeout: float = 5.0) -> bytes:
-    parts = []
-    while data := await resp.read(idle_timeout):
-        parts.append(data)
-    return b"".join(parts)
+    upstream: Upstream, pool: Pool, req: OutboundRequest, capture: Capture | None = None
+) -> tuple[UpstreamConnection, Capture]:
+    """The request on a pooled or new connection, once its head is in."""
+    conn = upstream.idle(pool) or await upstream.connect(req.target, pool)
+    capture = capture or Capture()
+    conn.begin(req.method, capture)
+    conn.write(encode(req, conn))
+    await capture.head
+    return conn, capture
 
 
 async def exchange(
     upstream: Upstream, pool: Pool, req: OutboundRequest
-) -> tuple[UpstreamResponse, bytes]:
-    """Send, read the whole body and release the connection to the pool."""
-    resp = await send(upstream, pool, req)
-    body = await body_of(resp)
-    resp.release()
-    return resp, body
+) -> tuple[UpstreamConnection, bytes]:
+    """Send, take the whole body and release the connection (to the pool, if it can)."""
+    conn, capture = await send(upstream, pool, req)
+    body = await capture.end
+    conn.release()
+    return conn, body
 
 
-class ChunkSource:
-    """A request body arriving in pieces, as from a caller's connection.
-
-    With a `gate`, everything after the first piece waits until the test opens it.
-    """
-
-    def __init__(
-        self, chunks: list[bytes], delay: float = 0.0, gate: asyncio.Event | None = None
-    ) -> None:
-        self.chunks = list(chunks)
-        self.delay = delay
-        self.gate = gate
-        self.reads = 0
-        self.done = asyncio.Event()
-
-    async def read(self) -> bytes:
-        self.reads += 1
-        if self.gate is not None and self.reads > 1:
-            await self.gate.wait()
-        if not self.chunks:  # the end is known as soon as the last piece arrived
-            self.done.set()
-            return b""
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return self.chunks.pop(0)
+async def fetch(
+    upstream: Upstream, pool: Pool, req: OutboundRequest, replayable: bool = True
+) -> tuple[int, Headers, bytes]:
+    return await upstream.fetch(req, pool, deadline_s=5, replayable=replayable)
 
 
 def free_port() -> int:
@@ -219,65 +220,35 @@ async def _answer_once_then_drop_the_next(conn: Connection) -> None:
     await conn.head()  # the next request: closed without an answer
 
 
-async def test_stale_pooled_connection_is_replaced_for_a_buffered_request(
+async def test_stale_pooled_connection_is_replaced_when_the_request_may_repeat(
     servers: ServerFactory, upstream: Upstream
 ) -> None:
     server = await servers(handler=_answer_once_then_drop_the_next)
     pool = pool_for(upstream, server)
-    await exchange(upstream, pool, outbound(server, b"/a"))
-    resp, body = await exchange(
-        upstream, pool, outbound(server, b"/b", method=b"PUT", body=b"payload")
+    await fetch(upstream, pool, outbound(server, b"/a"))
+    status, _, body = await fetch(
+        upstream, pool, outbound(server, b"/b", method=b"POST", body=b"payload")
     )
-    assert resp.status == 200 and b'"body": "payload"' in body
+    assert status == 200 and b'"body": "payload"' in body
     assert [(r.conn, r.method, r.target) for r in server.requests] == [
         (1, "GET", "/a"),
-        (1, "PUT", "/b"),
-        (2, "PUT", "/b"),
+        (1, "POST", "/b"),
+        (2, "POST", "/b"),
     ]
     assert server.requests[2].body == b"payload"
 
 
-async def test_stale_pooled_connection_is_not_replayed_for_a_post(
+async def test_stale_pooled_connection_is_not_replaced_when_the_request_may_not_repeat(
     servers: ServerFactory, upstream: Upstream
 ) -> None:
-    """The target may have processed the POST before it closed (RFC 9110 §9.2.2): 502,
-    never a second copy."""
+    """The target may have processed the request before it closed (RFC 9110 §9.2.2)."""
     server = await servers(handler=_answer_once_then_drop_the_next)
     pool = pool_for(upstream, server)
-    await exchange(upstream, pool, outbound(server, b"/a"))
+    await fetch(upstream, pool, outbound(server, b"/a"))
     with pytest.raises(UpstreamUnavailable) as info:
-        await send(upstream, pool, outbound(server, b"/b", method=b"POST", body=b"payload"))
+        await fetch(upstream, pool, outbound(server, b"/b", method=b"POST"), replayable=False)
     assert info.value.kind == "protocol"
-    assert [(r.conn, r.method, r.target) for r in server.requests] == [
-        (1, "GET", "/a"),
-        (1, "POST", "/b"),
-    ]
-
-
-async def test_stale_pooled_connection_is_replayed_for_a_post_with_an_idempotency_key(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    server = await servers(handler=_answer_once_then_drop_the_next)
-    pool = pool_for(upstream, server)
-    await exchange(upstream, pool, outbound(server, b"/a"))
-    request = outbound(server, b"/b", method=b"POST", body=b"payload")
-    request.headers.append((b"Idempotency-Key", b"k-1"))
-    resp, _ = await exchange(upstream, pool, request)
-    assert resp.status == 200
-    assert [(r.conn, r.target) for r in server.requests] == [(1, "/a"), (1, "/b"), (2, "/b")]
-
-
-async def test_stale_pooled_connection_is_not_replayed_for_a_streamed_request(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    server = await servers(handler=_answer_once_then_drop_the_next)
-    pool = pool_for(upstream, server)
-    await exchange(upstream, pool, outbound(server, b"/a"))
-    stream = StreamedBody(b"pre", ChunkSource([b"fix"]), None)
-    with pytest.raises(UpstreamUnavailable) as info:
-        await send(upstream, pool, outbound(server, b"/b", method=b"POST", stream=stream))
-    assert info.value.kind == "protocol"
-    assert [r.target for r in server.requests] == ["/a", "/b"]
+    assert [(r.conn, r.target) for r in server.requests] == [(1, "/a"), (1, "/b")]
 
 
 async def test_fresh_connection_closed_before_an_answer_is_not_retried(
@@ -288,7 +259,7 @@ async def test_fresh_connection_closed_before_an_answer_is_not_retried(
 
     server = await servers(drop)
     with pytest.raises(UpstreamUnavailable) as info:
-        await send(upstream, pool_for(upstream, server), outbound(server, body=b"x"))
+        await fetch(upstream, pool_for(upstream, server), outbound(server, body=b"x"))
     assert info.value.kind == "protocol"
     assert info.value.message == "connection closed before response headers"
     assert len(server.requests) == 1
@@ -347,10 +318,10 @@ async def test_connection_in_flight_when_its_pool_is_dropped_is_closed_after(
     not kept in a pool nobody sweeps."""
     server = await servers()
     pool = pool_for(upstream, server)
-    response = await send(upstream, pool, outbound(server))
+    conn, capture = await send(upstream, pool, outbound(server))
     upstream.retain(set())
-    await body_of(response)
-    response.release()
+    await capture.end
+    conn.release()
     assert pool.idle == deque()
     await asyncio.sleep(0.05)
     assert server.closed_connections == 1
@@ -407,10 +378,10 @@ async def test_body_without_length_is_read_until_eof(
 
     server = await servers(handler=unframed)
     pool = pool_for(upstream, server)
-    resp = await send(upstream, pool, outbound(server))
-    assert resp.content_length is None
-    assert await body_of(resp) == b"hello world"
-    resp.release()
+    conn, capture = await send(upstream, pool, outbound(server))
+    assert conn.content_length is None
+    assert await capture.end == b"hello world"
+    conn.release()
     assert len(pool.idle) == 0
 
 
@@ -422,11 +393,12 @@ async def test_body_cut_short_is_a_protocol_error(
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
 
     server = await servers(handler=short)
-    resp = await send(upstream, pool_for(upstream, server), outbound(server))
+    conn, capture = await send(upstream, pool_for(upstream, server), outbound(server))
     with pytest.raises(UpstreamUnavailable) as info:
-        await body_of(resp)
-    resp.abort()
+        await capture.end
+    conn.release()
     assert info.value.kind == "protocol"
+    assert info.value.message == "connection lost during response body"
 
 
 @pytest.mark.parametrize(("method", "status"), [(b"HEAD", 200), (b"GET", 204), (b"GET", 304)])
@@ -473,12 +445,18 @@ async def test_unread_response_body_pauses_reading(
         return response(200, b"b" * total)
 
     server = await servers(big)
-    resp = await send(upstream, pool_for(upstream, server), outbound(server))
+    capture = Capture(stalled=True)
+    conn, _ = await send(upstream, pool_for(upstream, server), outbound(server), capture)
     await asyncio.sleep(0.2)
-    transport = resp.transport
+    pumps = capture.pumps
+    transport = conn.transport
     assert transport is not None and not transport.is_reading()
-    assert len(await body_of(resp)) == total
-    resp.release()
+    await asyncio.sleep(0.1)
+    assert capture.pumps == pumps  # held: nothing more is read
+    capture.stalled = False
+    conn.hold(False)
+    assert len(await capture.end) == total
+    conn.release()
 
 
 # -- timeouts and failures ------------------------------------------------------------------------
@@ -489,125 +467,37 @@ async def _never_answer(conn: Connection) -> None:
     await conn.until_eof()
 
 
-async def test_header_timeout(servers: ServerFactory, upstream: Upstream) -> None:
+async def test_the_deadline_tells_the_sink_once(servers: ServerFactory, upstream: Upstream) -> None:
+    """One lazy timer per connection: re-arming moves the deadline, and at the deadline the
+    sink is pumped with `timed_out` (it decides what that means: a 504, an idle body)."""
     server = await servers(handler=_never_answer)
+    pool = pool_for(upstream, server)
+    req = outbound(server)
+    conn = await upstream.connect(req.target, pool)
+    capture = Capture()
+    conn.begin(req.method, capture)
+    conn.write(encode(req, conn))
+    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout) as info:
-        await send(upstream, pool_for(upstream, server), outbound(server), header_timeout=0.2)
-    assert 0.15 <= time.monotonic() - started < 2
-    assert info.value.message == "timeout after 0.2s"
-    assert info.value.kind == "timeout" and info.value.status == 504
+    conn.arm(loop.time() + 0.1)
+    conn.arm(loop.time() + 0.3)  # later: the timer re-arms for the rest
+    with pytest.raises(TimeoutError):
+        await capture.head
+    assert 0.25 <= time.monotonic() - started < 2
+    assert conn.timed_out and capture.pumps == 1
+    conn.release()
     await asyncio.sleep(0.05)
-    assert server.closed_connections == 1  # the attempt's connection was closed
+    assert server.closed_connections == 1  # an unfinished exchange is never pooled
 
 
 async def test_connection_refused(upstream: Upstream) -> None:
     target = parse_target(f"http://127.0.0.1:{free_port()}/")
     pool = upstream.pool(target, True, "", None)
-    req = OutboundRequest(b"GET", target, b"/", [(b"Host", target.authority.encode())], None)
     with pytest.raises(UpstreamUnavailable) as info:
-        await upstream.send(req, pool, header_timeout=5, idle_timeout=5)
+        await upstream.connect(target, pool)
     assert info.value.message == "connection refused"
     assert info.value.kind == "connect" and info.value.status == 502
     assert info.value.body() == b""
-
-
-async def test_idle_timeout_while_the_body_stalls(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    async def stall(conn: Connection) -> None:
-        await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
-        await conn.until_eof()
-
-    server = await servers(handler=stall)
-    resp = await send(upstream, pool_for(upstream, server), outbound(server), idle_timeout=0.2)
-    assert await resp.read(0.2) == b"0123456789"
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout) as info:
-        await resp.read(0.2)
-    assert 0.15 <= time.monotonic() - started < 2
-    assert info.value.message == "response body idle timeout"
-    resp.abort()
-
-
-async def test_header_and_idle_timeouts_are_separate(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    async def trickle(conn: Connection) -> None:
-        await conn.request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(4):
-            await asyncio.sleep(0.15)
-            await conn.send(b"1\r\nx\r\n")
-        await conn.send(b"0\r\n\r\n")
-
-    server = await servers(handler=trickle)
-    started = time.monotonic()
-    resp = await send(
-        upstream, pool_for(upstream, server), outbound(server), header_timeout=0.3, idle_timeout=1
-    )
-    assert await body_of(resp, idle_timeout=1) == b"xxxx"
-    assert time.monotonic() - started > 0.5  # longer than the header timeout
-    resp.release()
-
-
-# -- streamed request bodies ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("length", [None, 9], ids=["chunked", "content-length"])
-async def test_streamed_upload(
-    length: int | None, servers: ServerFactory, upstream: Upstream
-) -> None:
-    server = await servers()
-    pool = pool_for(upstream, server)
-    stream = StreamedBody(b"abc", ChunkSource([b"def", b"ghi"], delay=0.01), length)
-    resp, _ = await exchange(upstream, pool, outbound(server, method=b"PUT", stream=stream))
-    assert resp.status == 200
-    seen = server.requests[0]
-    assert seen.body == b"abcdefghi"
-    if length is None:
-        assert seen.value("Transfer-Encoding") == "chunked"
-        assert seen.value("Content-Length") is None
-    else:
-        assert seen.value("Content-Length") == "9"
-        assert seen.value("Transfer-Encoding") is None
-    await exchange(upstream, pool, outbound(server))
-    assert server.connections == 1  # the body was sent in full: the connection is reusable
-
-
-async def test_streamed_body_shorter_than_its_length_fails(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    server = await servers()
-    stream = StreamedBody(b"abc", ChunkSource([b"def"]), 20)
-    with pytest.raises(UpstreamUnavailable) as info:
-        await send(
-            upstream, pool_for(upstream, server), outbound(server, method=b"PUT", stream=stream)
-        )
-    assert info.value.message == "request body shorter than its Content-Length"
-
-
-async def test_early_response_while_uploading_is_returned(
-    servers: ServerFactory, upstream: Upstream
-) -> None:
-    async def refuse_before_reading(conn: Connection) -> None:
-        await conn.head()
-        await conn.send(response(401, b"no", [("WWW-Authenticate", "Basic")]))
-        await conn.until_eof()  # drain politely, as a server does before closing
-
-    server = await servers(handler=refuse_before_reading)
-    pool = pool_for(upstream, server)
-    gate = asyncio.Event()
-    source = ChunkSource([b"u" * 65536] * 4, gate=gate)
-    stream = StreamedBody(b"", source, 4 * 65536)
-    resp = await send(upstream, pool, outbound(server, method=b"POST", stream=stream))
-    assert resp.status == 401 and not source.done.is_set()  # before the upload finished
-    assert await body_of(resp) == b"no"
-    resp.release()
-    assert len(pool.idle) == 0  # a half-sent body leaves the connection unusable
-    gate.set()
-    await asyncio.wait_for(source.done.wait(), 5)
 
 
 # -- fetch (token and CSRF calls) -----------------------------------------------------------------
@@ -626,11 +516,13 @@ async def test_fetch_collects_the_whole_body(servers: ServerFactory, upstream: U
 
     server = await servers(handler=chunked)
     pool = pool_for(upstream, server)
-    status, headers, body = await upstream.fetch(outbound(server), pool, deadline_s=2)
+    status, headers, body = await upstream.fetch(
+        outbound(server), pool, deadline_s=2, replayable=False
+    )
     assert (status, body) == (200, b'{"access_token":"abc"}')
     assert (b"X-Csrf-Token", b"t") in headers
     assert len(pool.idle) == 1
-    await upstream.fetch(outbound(server), pool, deadline_s=2)
+    await upstream.fetch(outbound(server), pool, deadline_s=2, replayable=False)
     assert server.connections == 1
 
 
@@ -640,10 +532,12 @@ async def test_fetch_enforces_its_limit(servers: ServerFactory, upstream: Upstre
 
     server = await servers(big)
     pool = pool_for(upstream, server)
-    status, _, body = await upstream.fetch(outbound(server), pool, deadline_s=2, limit=2000)
+    status, _, body = await upstream.fetch(
+        outbound(server), pool, deadline_s=2, limit=2000, replayable=False
+    )
     assert status == 200 and len(body) == 2000
     with pytest.raises(UpstreamUnavailable) as info:
-        await upstream.fetch(outbound(server), pool, deadline_s=2, limit=1000)
+        await upstream.fetch(outbound(server), pool, deadline_s=2, limit=1000, replayable=False)
     assert info.value.message == "response body too large" and info.value.kind == "protocol"
 
 
@@ -660,7 +554,9 @@ async def test_fetch_deadline_covers_the_whole_exchange(
     server = await servers(handler=trickle)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout) as info:
-        await upstream.fetch(outbound(server), pool_for(upstream, server), deadline_s=0.3)
+        await upstream.fetch(
+            outbound(server), pool_for(upstream, server), deadline_s=0.3, replayable=False
+        )
     assert info.value.message == "timeout after 0.3s"
     assert time.monotonic() - started < 0.9
 
@@ -670,7 +566,9 @@ async def test_fetch_without_an_answer_times_out(
 ) -> None:
     server = await servers(handler=_never_answer)
     with pytest.raises(UpstreamTimeout) as info:
-        await upstream.fetch(outbound(server), pool_for(upstream, server), deadline_s=0.2)
+        await upstream.fetch(
+            outbound(server), pool_for(upstream, server), deadline_s=0.2, replayable=False
+        )
     assert info.value.status == 504
 
 
@@ -773,7 +671,7 @@ async def test_tls_untrusted_server_fails_verification(
     server = await servers(ssl_context=pki.server_ctx)
     pool = pool_for(upstream, server, TlsContexts().get(True, None))
     with pytest.raises(UpstreamUnavailable) as info:
-        await send(upstream, pool, outbound(server))
+        await upstream.connect(target_of(server), pool)
     assert info.value.kind == "tls"
     assert info.value.message.startswith("TLS handshake failed: certificate verify failed")
     assert server.requests == []

@@ -16,6 +16,7 @@ from appgateway.auth.certificate import CertificateStrategy, NoAuthStrategy
 from appgateway.auth.csrf import CsrfStrategy
 from appgateway.auth.deps import AuthDeps, make_deps
 from appgateway.auth.oauth import OAuthStrategy
+from appgateway.flow import Flow
 from appgateway.model import (
     API,
     BasicAuth,
@@ -45,20 +46,18 @@ Applied = object | None
 
 
 class AuthStrategy(Protocol):
-    async def apply(self, headers: Headers, *, authenticate: bool = True) -> Applied:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[Applied]:
         """Add the credential (unless `authenticate` is False: an Access-Token override is
-        in place) and any CSRF token; return what was used, for `invalidate`."""
-        ...
+        in place) and any CSRF token; return what was used, for `invalidate`.
 
-    def try_apply(self, headers: Headers, *, authenticate: bool = True) -> tuple[bool, Applied]:
-        """`apply` without waiting, when every credential is cached: (True, applied).
-
-        (False, None) means something must be fetched first: call `apply`. `headers` may
-        then have been changed already, so the caller starts again from its own copy.
+        A flow (flow.py): it yields only to fetch what is not cached, so with warm caches
+        it finishes without a task.
         """
         ...
 
-    async def invalidate(self, applied: Applied) -> None: ...
+    def invalidate(self, applied: Applied) -> None:
+        """Compare-and-invalidate what `apply` returned (a 401/403 answered it)."""
+        ...
 
     @property
     def client_cert(self) -> ClientCert | None: ...

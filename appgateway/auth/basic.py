@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+from appgateway.flow import Flow
 from appgateway.headers import put_header
 from appgateway.model import BasicAuth, ClientCert, Headers
 
@@ -15,17 +16,13 @@ class BasicStrategy:
         raw = credentials.username.encode() + b":" + credentials.password.encode()
         self._value = b"Basic " + base64.b64encode(raw)  # base64: no field check needed
 
-    async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
-        return self.try_apply(headers, authenticate=authenticate)[1]
-
-    def try_apply(
-        self, headers: Headers, *, authenticate: bool = True
-    ) -> tuple[bool, object | None]:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
         if authenticate:
             put_header(headers, AUTHORIZATION, self._value)
-        return True, None
+        return None
+        yield  # pragma: no cover - makes this a flow (a generator) that never waits
 
-    async def invalidate(self, applied: object | None) -> None:
+    def invalidate(self, applied: object | None) -> None:
         return None
 
     @property

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+from appgateway.flow import Flow
 from appgateway.model import ClientCert, Headers
 
 
 class NoAuthStrategy:
-    async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
         return None
+        yield  # pragma: no cover - makes this a flow (a generator) that never waits
 
-    def try_apply(
-        self, headers: Headers, *, authenticate: bool = True
-    ) -> tuple[bool, object | None]:
-        return True, None
-
-    async def invalidate(self, applied: object | None) -> None:
+    def invalidate(self, applied: object | None) -> None:
         return None
 
     @property

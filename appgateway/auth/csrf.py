@@ -15,6 +15,7 @@ from appgateway.auth import flows
 from appgateway.auth.deps import AuthDeps
 from appgateway.auth.oauth import BearerToken, OAuthStrategy
 from appgateway.errors import TokenError, UpstreamTimeout, UpstreamUnavailable
+from appgateway.flow import Flow
 from appgateway.headers import lower_name, put_header, set_header
 from appgateway.model import ClientCert, Headers
 from appgateway.urls import redact
@@ -73,28 +74,21 @@ class CsrfStrategy:
     def client_cert(self) -> ClientCert | None:
         return self._inner.client_cert
 
-    async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
-        inner_applied = await self._inner.apply(headers, authenticate=authenticate)
-        csrf, fetched = await self._deps.csrf_cache.lookup(
-            self.key, lambda: self._fetch(inner_applied)
-        )
-        if fetched and isinstance(inner_applied, BearerToken) and self._oauth is not None:
-            # The CSRF fetch may have replaced a rejected token: send the current one.
-            current = await self._oauth.apply(headers)
-            if isinstance(current, BearerToken) and current.value != inner_applied.value:
-                inner_applied = current
-        return self._add(headers, inner_applied, csrf)
-
-    def try_apply(
-        self, headers: Headers, *, authenticate: bool = True
-    ) -> tuple[bool, object | None]:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
+        inner_applied = yield from self._inner.apply(headers, authenticate=authenticate)
         csrf = self._deps.csrf_cache.peek(self.key)
         if csrf is None:
-            return False, None
-        ok, inner_applied = self._inner.try_apply(headers, authenticate=authenticate)
-        if not ok:
-            return False, None
-        return True, self._add(headers, inner_applied, csrf)
+            found: tuple[flows.CsrfToken, bool] = yield self._deps.csrf_cache.lookup(
+                self.key, lambda: self._fetch(inner_applied)
+            )
+            csrf, fetched = found
+            oauth = self._oauth
+            if fetched and isinstance(inner_applied, BearerToken) and oauth is not None:
+                # The CSRF fetch may have replaced a rejected token: send the current one.
+                current = yield from oauth.apply(headers)
+                if isinstance(current, BearerToken) and current.value != inner_applied.value:
+                    inner_applied = current
+        return self._add(headers, inner_applied, csrf)
 
     def _add(
         self, headers: Headers, inner_applied: object | None, csrf: flows.CsrfToken
@@ -112,9 +106,9 @@ class CsrfStrategy:
             headers[:] = [(n, v) for n, v in headers if lower_name(n) != b"cookie"]
         return last
 
-    async def invalidate(self, applied: object | None) -> None:
+    def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, CsrfApplied):
-            await self._inner.invalidate(applied.inner)
+            self._inner.invalidate(applied.inner)
             self._deps.csrf_cache.invalidate(self.key, applied.csrf)
 
     async def _fetch(self, inner_applied: object | None) -> tuple[flows.CsrfToken, None]:
@@ -131,7 +125,7 @@ class CsrfStrategy:
             status, headers = await self._send(token)
             stale = token is not None and not token.fetched and status in (401, 403)
             if stale and oauth is not None:  # behaviour.md §6.3: refresh the token once
-                await oauth.invalidate(token)
+                oauth.invalidate(token)
                 status, headers = await self._send(await oauth.token())
             value = flows.parse_csrf_response(self._url, status, headers)
         except flows.FlowError as exc:

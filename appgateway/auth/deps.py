@@ -44,7 +44,11 @@ class AuthDeps:
         fingerprint = cert.fingerprint if cert is not None else ""
         pool = self.upstream.pool(target, verify, fingerprint, ctx)
         outbound = OutboundRequest(req.method, target, req.path, list(req.headers), req.body)
-        return await self.upstream.fetch(outbound, pool, deadline_s=self.proxy_timeout)
+        # Asking for a token or a CSRF token twice changes nothing at the server, so a
+        # pooled connection that died on the way is replaced (even for the token POST).
+        return await self.upstream.fetch(
+            outbound, pool, deadline_s=self.proxy_timeout, replayable=True
+        )
 
 
 def make_deps(

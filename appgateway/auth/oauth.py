@@ -16,6 +16,7 @@ from appgateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from appgateway.flow import Flow
 from appgateway.headers import put_header, set_header
 from appgateway.model import ClientCert, Headers, OAuth, OAuthMTLS
 from appgateway.urls import redact
@@ -63,31 +64,26 @@ class OAuthStrategy:
         value, fetched = await self._deps.token_cache.lookup(self.key, self._fetch)
         return BearerToken(value, fetched)
 
-    async def apply(self, headers: Headers, *, authenticate: bool = True) -> object | None:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
+        """The cached token, or (waiting) one fetched for this request: `fetched` then
+        tells the CSRF step that a rejection cannot be blamed on a stale entry."""
         if not authenticate:
             return None
-        token = await self.token()
-        set_header(headers, AUTHORIZATION, b"Bearer " + token.value.encode())
-        return token
-
-    def try_apply(
-        self, headers: Headers, *, authenticate: bool = True
-    ) -> tuple[bool, object | None]:
-        if not authenticate:
-            return True, None
         value = self._deps.token_cache.peek(self.key)
         if value is None:
-            return False, None
+            token: BearerToken = yield self.token()
+            set_header(headers, AUTHORIZATION, b"Bearer " + token.value.encode())
+            return token
         cached = self._cached
         if cached is None or cached[0].value is not value:
             field = b"Bearer " + value.encode()
             set_header(headers, AUTHORIZATION, field)  # checks the new token once
             self._cached = (BearerToken(value, False), field)
-            return True, self._cached[0]
+            return self._cached[0]
         put_header(headers, AUTHORIZATION, cached[1])
-        return True, cached[0]
+        return cached[0]
 
-    async def invalidate(self, applied: object | None) -> None:
+    def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, BearerToken):
             self._deps.token_cache.invalidate(self.key, applied.value)
 
