@@ -181,9 +181,9 @@ class UpstreamConnection:
                 else:
                     self._head_bytes += len(data)
             self._parser.feed_data(data)
-        except UpstreamUnavailable as exc:
-            self._fail(exc)
-        except httptools.HttpParserError as exc:
+        except UpstreamUnavailable as refused:
+            self._fail(refused)
+        except httptools.HttpParserError as exc:  # (another name: mypyc types each once)
             reason = exc.__cause__ or exc.__context__  # what a callback of ours raised
             if isinstance(reason, UpstreamUnavailable):
                 self._fail(reason)

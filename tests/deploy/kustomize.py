@@ -32,6 +32,8 @@ FOLDERS = (
     "overlays/kyma-all-traffic",
     "overlays/kyma-module-removed",
     "monitoring",
+    "caller-auth",
+    "caller-auth/example",
 )
 """Every kustomization under deploy/, the ones a user applies and the two they build on."""
 

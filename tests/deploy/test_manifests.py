@@ -36,7 +36,12 @@ from tests.deploy.kustomize import (
 )
 
 VALIDATED_VERSIONS = ("1.30.0", "1.37.0")
-USER_FOLDERS = [f for f in FOLDERS if f.startswith("overlays/")] + ["crd", "monitoring"]
+USER_FOLDERS = [f for f in FOLDERS if f.startswith("overlays/")] + [
+    "crd",
+    "monitoring",
+    "caller-auth",
+    "caller-auth/example",
+]
 ADMIN_PORT = 8081
 
 
