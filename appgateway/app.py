@@ -22,6 +22,7 @@ from pathlib import Path
 
 from appgateway.admin import make_admin_app, start_admin
 from appgateway.auth import make_deps
+from appgateway.caller import make_caller_auth
 from appgateway.config import ConfigurationError, Settings, environ_proxies
 from appgateway.demo.api import default_registry_text
 from appgateway.forward import Forwarder
@@ -161,6 +162,10 @@ class Gateway:
                 proxy_timeout=settings.proxy_timeout,
                 token_default_ttl=settings.token_default_ttl,
             )
+            caller_auth = make_caller_auth(settings, self.metrics)
+            if caller_auth is not None:
+                await caller_auth.start()
+                stack.push_async_callback(caller_auth.stop)
             forwarder = Forwarder(
                 registry=registry,
                 upstream=upstream,
@@ -170,6 +175,7 @@ class Gateway:
                 metrics=self.metrics,
                 auth=auth,
                 clock=time.perf_counter,
+                caller_auth=caller_auth,
             )
 
             def on_change(snapshot: Snapshot) -> None:

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from typing import Final
 
 from appgateway.auth import AuthDeps, AuthStrategy, connection_cert, make_strategy, retain
+from appgateway.caller import CallerAuth
+from appgateway.caller.bearer import MISSING
 from appgateway.config import Settings
 from appgateway.errors import (
     BadRequest,
+    CallerUnauthenticated,
     GatewayError,
     LoopDetected,
     NotReady,
@@ -52,6 +55,7 @@ from appgateway.urls import (
 )
 
 AUTHORIZATION: Final = b"Authorization"
+PROXY_AUTHORIZATION: Final = b"proxy-authorization"
 LOCATION: Final = b"location"
 
 _HOST: Final = 0
@@ -138,8 +142,10 @@ class Forwarder:
         metrics: Metrics,
         auth: AuthDeps,
         clock: Callable[[], float],
+        caller_auth: CallerAuth | None = None,
     ) -> None:
         self._auth = auth
+        self.caller_auth = caller_auth  # None: `--caller-auth off`, anyone may call
         self._registry = registry
         self.upstream = upstream
         self._tls = tls
@@ -207,6 +213,9 @@ class Forwarder:
         call = Call(listener, self.clock(), ex.method.decode("latin-1"), target.partition("?")[0])
         self._inflight[listener].value += 1
         fields, host, ex.request_id, looped = caller_fields(ex.headers, self._hop)
+        proxy_authorization = (
+            None if self.caller_auth is None else get_header(ex.headers, PROXY_AUTHORIZATION)
+        )
         try:
             if looped:
                 raise LoopDetected("request loop: this gateway already forwarded the request")
@@ -219,7 +228,11 @@ class Forwarder:
             api, dest, call.path, query = router.route(
                 target, None if host is None else host.decode("latin-1"), listener == "compass"
             )
-        except GatewayError as error:
+        except GatewayError as failed:
+            error = failed
+            if self.caller_auth is not None and proxy_authorization is None:
+                # An anonymous caller learns nothing, not even which Applications exist.
+                error = CallerUnauthenticated(MISSING)
             call.error = error
             ex.send_error(error)
             self.record(ex, call, None, None)
@@ -228,7 +241,7 @@ class Forwarder:
         token = take_access_token(fields)
         if token is not None:
             set_header(fields, AUTHORIZATION, token)
-        Relay(self, ex, call, api, dest, query, fields, token is None).start()
+        Relay(self, ex, call, api, dest, query, fields, token is None).start(proxy_authorization)
 
     def build(self, relay: Relay, body: bytes | None) -> OutboundRequest:
         """The request a relay sends; raises GatewayError (a path the API confines, an

@@ -199,6 +199,7 @@ class Call:
         "retried",
         "error",
         "request_id",
+        "caller",
         "duration_s",
         "bytes_in",
         "bytes_out",
@@ -215,6 +216,7 @@ class Call:
         self.retried = False
         self.error: GatewayError | None = None
         self.request_id: str | None = None
+        self.caller: str | None = None  # the identity `--caller-auth` established
         self.duration_s = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -308,6 +310,7 @@ class AccessLog:
         upstream_status = call.upstream_status
         error = call.error
         request_id = call.request_id
+        caller = call.caller
         line = (
             f'{self._stamp()}{_ACCESS_HEAD},{static},"method":"{call.method}",'
             f'"path":{q(call.path)},"status":{call.status},"upstream_status":'
@@ -317,7 +320,8 @@ class AccessLog:
             f'"bytes_in":{call.bytes_in},"bytes_out":{call.bytes_out},'
             f'"error":{"null" if error is None else q(error.message)},'
             f'"error_class":{"null" if error is None else q(error.classify())},'
-            f'"request_id":{"null" if request_id is None else q(request_id)}}}\n'
+            f'"request_id":{"null" if request_id is None else q(request_id)},'
+            f'"caller":{"null" if caller is None else q(caller)}}}\n'
         )
         if self._loop is not None:
             self._batch(line)

@@ -126,11 +126,22 @@ class Relay:
         self.stage = stage
 
     # -- preparing -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Send now if nothing must be waited for; else prepare in the prelude."""
+    def start(self, proxy_authorization: bytes | None = None) -> None:
+        """Send now if nothing must be waited for; else prepare in the prelude.
+
+        With `--caller-auth`, the caller's right to this Application comes first: nothing is
+        fetched or sent for a caller who may not use it.
+        """
         ex = self.ex
         ex.on_lost = self.caller_lost
         try:
+            caller_auth = self.fwd.caller_auth
+            if caller_auth is not None:
+                who = begin(caller_auth.authorize(proxy_authorization, self.api.api.ref.app))
+                if isinstance(who, Suspended):
+                    self._prelude(self._prepare(None, who))
+                    return
+                self.call.caller = who
             credentials = begin(
                 self.api.strategy.apply(self.headers, authenticate=self.authenticate)
             )
@@ -165,7 +176,14 @@ class Relay:
             log.error("internal error while preparing a request", exc_info=log.isEnabledFor(10))
             self._fail(GatewayError("internal error"))
 
-    async def _prepare(self, credentials: Applied | Suspended[Applied]) -> None:
+    async def _prepare(
+        self, credentials: Applied | Suspended[Applied], who: Suspended[str] | None = None
+    ) -> None:
+        if who is not None:  # the caller's review first; then the credentials, from the start
+            self.call.caller = await who.finish()
+            credentials = begin(
+                self.api.strategy.apply(self.headers, authenticate=self.authenticate)
+            )
         self.applied = (
             await credentials.finish() if isinstance(credentials, Suspended) else credentials
         )

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appgateway.auth import make_deps
+from appgateway.caller.tokens import TokensCallerAuth
 from appgateway.config import Settings
 from appgateway.forward import Forwarder
 from appgateway.logs import AccessLog, setup_logging
@@ -107,6 +108,9 @@ class Rig:
     def port(self, listener: str) -> int:
         return self.proxy_port if listener == "proxy" else self.compass_port
 
+    def log_lines(self) -> list[str]:
+        return self.log.getvalue().splitlines()
+
     def access(self) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
         return [line for line in lines if line.get("logger") == "access"]
@@ -182,8 +186,13 @@ async def make_rig(
     level = root.level
 
     async def make(
-        *, handler: Handler | None = None, start_registry: bool = True, **overrides: Any
+        *,
+        handler: Handler | None = None,
+        start_registry: bool = True,
+        caller_tokens: str | None = None,
+        **overrides: Any,
     ) -> Rig:
+        """`caller_tokens`: the text of a `--caller-auth tokens` file, which turns it on."""
         api = await servers(MockAPI(), handler=handler)
         write_registry(registry_dir, api.base)
         (registry_dir / "oauth.yaml").write_text(OAUTH_APP.format(base=api.base))
@@ -207,6 +216,13 @@ async def make_rig(
         upstream = Upstream(loop)
         tls = TlsContexts()
         metrics = Metrics()
+        caller_auth = None
+        if caller_tokens is not None:
+            tokens_file = registry_dir.parent / "caller-tokens.yaml"
+            tokens_file.write_text(caller_tokens)
+            caller_auth = TokensCallerAuth(tokens_file, metrics=metrics)
+            await caller_auth.start()
+            cleanups.append(caller_auth.stop)
         forwarder = Forwarder(
             registry=registry,
             upstream=upstream,
@@ -223,6 +239,7 @@ async def make_rig(
                 token_default_ttl=settings.token_default_ttl,
             ),
             clock=time.perf_counter,
+            caller_auth=caller_auth,
         )
         registry.on_change = forwarder.on_registry_change
         ports: list[int] = []

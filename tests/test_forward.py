@@ -5,6 +5,7 @@ list of requests the upstream received (architecture.md "Tests")."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
 import struct
@@ -20,7 +21,7 @@ from tests.conftest import (
     Seen,
     request_bytes,
 )
-from tests.pipeline import JSON, MakeRig, Rig
+from tests.pipeline import JSON, MakeRig, Rig, access_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -474,3 +475,68 @@ async def test_metrics_count_requests(rig: Rig) -> None:
     )
     assert rig.sample("appgateway_inflight_requests", listener="proxy") == 0.0
     assert b'appgateway_requests_total{app="shop"' in rig.metrics.render()
+
+
+# -- caller authorization (--caller-auth tokens; the kubernetes mode in tests/e2e) -----------
+
+ORDERS_TOKEN = "orders-team-token"
+ALL_TOKEN = "platform-token"
+TOKENS_FILE = "".join(
+    f"- {{name: {name}, sha256: {hashlib.sha256(token.encode()).hexdigest()}, "
+    f"applications: {apps}}}\n"
+    for name, token, apps in (
+        ("orders-team", ORDERS_TOKEN, "[shop]"),
+        ("platform", ALL_TOKEN, '["*"]'),
+    )
+)
+
+
+def proxy_auth(token: str) -> list[tuple[str, str]]:
+    return [("Host", "gw"), ("Proxy-Authorization", f"Bearer {token}")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "target", "status", "message"),
+    [
+        ([("Host", "gw")], "/shop/basic/x", 407, "Proxy-Authorization is missing"),
+        (proxy_auth("guess"), "/shop/basic/x", 407, "not accepted"),
+        ([("Host", "gw"), ("Proxy-Authorization", "Basic eDp5")], "/shop/basic/x", 407, "Bearer"),
+        (proxy_auth(ORDERS_TOKEN), "/shop-oauth/oauth/x", 403, "orders-team"),
+        # An anonymous caller learns nothing, not even which Applications exist.
+        ([("Host", "gw")], "/nope/nothing/x", 407, "Proxy-Authorization is missing"),
+    ],
+    ids=["missing", "unknown", "not-bearer", "other-application", "anonymous-404"],
+)
+async def test_refused_callers_reach_nothing(
+    make_rig: MakeRig, headers: list[tuple[str, str]], target: str, status: int, message: str
+) -> None:
+    rig = await make_rig(caller_tokens=TOKENS_FILE)
+    resp = await rig.call("GET", target, headers)
+    assert resp.status == status
+    assert message in str(error_of(resp))
+    if status == 407:
+        assert resp.value("Proxy-Authenticate") == 'Bearer realm="appgateway"'
+    assert rig.api.requests == []  # no target call and no token fetch
+    assert access_for(rig, target.partition("?")[0])["caller"] is None
+
+
+async def test_allowed_caller_is_named_and_its_token_never_travels(make_rig: MakeRig) -> None:
+    rig = await make_rig(caller_tokens=TOKENS_FILE)
+    for token, target in ((ORDERS_TOKEN, "/shop/basic/a"), (ALL_TOKEN, "/shop-oauth/oauth/b")):
+        resp = await rig.call("GET", target, proxy_auth(token))
+        assert resp.status == 200, resp.body
+    seen = [r for r in rig.api.requests if r.path != "/token"]
+    assert [r.target for r in seen] == ["/basic-api/a", "/oauth-api/b"]
+    assert all(r.value("Proxy-Authorization") is None for r in rig.api.requests)
+    assert seen[0].value("Authorization") == BASIC_ALICE  # the API's own credentials
+    assert access_for(rig, "/shop/basic/a")["caller"] == "orders-team"
+    assert access_for(rig, "/shop-oauth/oauth/b")["caller"] == "platform"
+    assert all(ORDERS_TOKEN not in line and ALL_TOKEN not in line for line in rig.log_lines())
+    assert rig.sample("appgateway_caller_decisions_total", result="allowed") == 2.0
+
+
+async def test_without_caller_auth_proxy_authorization_is_still_removed(rig: Rig) -> None:
+    resp = await rig.call("GET", "/shop/orders/p", proxy_auth("anything"))
+    assert resp.status == 200
+    assert rig.api.requests[0].value("Proxy-Authorization") is None
+    assert access_for(rig, "/shop/orders/p")["caller"] is None

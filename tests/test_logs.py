@@ -262,15 +262,19 @@ def test_access_log_to_fd(control: LogControl) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "upstream_status", "error", "request_id"),
+    ("path", "upstream_status", "error", "request_id", "caller"),
     [
-        ("/a/b", 200, None, None),
-        ('/we"ird\\path\u00e9', None, "x<y>&z", "req-1"),
-        ("/", 502, "failed", ""),
+        ("/a/b", 200, None, None, None),
+        ('/we"ird\\path\u00e9', None, "x<y>&z", "req-1", "system:serviceaccount:a:b"),
+        ("/", 502, "failed", "", 'we"ird\u00e9'),
     ],
 )
 def test_access_request_matches_the_generic_writer(
-    path: str, upstream_status: int | None, error: str | None, request_id: str | None
+    path: str,
+    upstream_status: int | None,
+    error: str | None,
+    request_id: str | None,
+    caller: str | None,
 ) -> None:
     out = io.StringIO()
     control = setup_logging("info", io.StringIO())
@@ -293,6 +297,7 @@ def test_access_request_matches_the_generic_writer(
         "error": error,
         "error_class": None if error is None else "upstream_timeout",
         "request_id": request_id,
+        "caller": caller,
     }
     access.write(fields)
     static = access.static_part("proxy", "path", "a", "s", "e")
@@ -305,6 +310,7 @@ def test_access_request_matches_the_generic_writer(
     call.bytes_in, call.bytes_out = 3, 4
     call.error = None if error is None else UpstreamTimeout(error)
     call.request_id = request_id
+    call.caller = caller
     access.request(static, call)
     generic, fast = (json.loads(line) for line in out.getvalue().splitlines())
     generic.pop("ts")
