@@ -225,6 +225,7 @@ class Gateway:
                     idle_timeout=settings.idle_timeout,
                     tracker=tracker,
                     body_min_rate=settings.body_min_rate,
+                    keepalive_timeout=settings.keepalive_timeout,
                 )
                 servers.append(server)
                 self._listening(name, settings.host, sock.getsockname()[1])

@@ -55,6 +55,7 @@ class Settings:
     admin_port: int = 8081
     proxy_timeout: float = 10.0
     request_timeout: float = 10.0
+    keepalive_timeout: float = 120.0
     idle_timeout: float = 60.0
     proxy_cache_ttl: float = 120.0
     token_default_ttl: float = 300.0
@@ -173,7 +174,12 @@ _SERVE_OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("--proxy-port-compass", _port, "Compass listener port"),
     ("--admin-port", _port, "admin listener port"),
     ("--proxy-timeout", _duration, "seconds to wait for upstream response headers"),
-    ("--request-timeout", _duration, "seconds to receive a request head; idle keep-alive"),
+    ("--request-timeout", _duration, "seconds to receive a request head"),
+    (
+        "--keepalive-timeout",
+        _duration,
+        "seconds a caller connection may wait idle between requests",
+    ),
     ("--idle-timeout", _duration, "longest silence while a body streams"),
     ("--proxy-cache-ttl", _duration, "accepted for compatibility; no effect"),
     ("--token-default-ttl", _duration, "token lifetime when expires_in is absent"),

@@ -251,6 +251,7 @@ class Exchange:
             chunked=chunked,
             close=close,
             codings=codings,
+            keep_alive=self.conn.keep_alive_field,
         )
         self.bytes_out += len(head)
         # Held back and sent with the first body bytes: one write (and one segment) for a
@@ -289,7 +290,7 @@ class Exchange:
         close = not self.keep_alive or not self.body_complete
         if close:
             self._close_after = True
-        data = http1.error_response(error, close=close)
+        data = http1.error_response(error, close=close, keep_alive=self.conn.keep_alive_field)
         self._to(Answer.ENDED)
         self.status_sent = error.status
         self.bytes_out += len(data)

@@ -98,13 +98,17 @@ def response_head(
     chunked: bool,
     close: bool,
     codings: bytes | None = None,
+    keep_alive: bytes = b"",
 ) -> bytes:
     """Status line, relayed headers and the framing the gateway chose. `codings` are the
-    target's transfer codings other than chunked (gzip), which stay on the body."""
+    target's transfer codings other than chunked (gzip), which stay on the body.
+    `keep_alive` (a `keep_alive_field`) goes on a response that keeps the connection."""
     parts = [status_line(status, reason)]
     _fields_and_framing(parts, headers, content_length, chunked, codings)
     if close:
         parts.append(b"Connection: close\r\n")
+    elif keep_alive:
+        parts.append(keep_alive)
     parts.append(CRLF)
     return b"".join(parts)
 
@@ -123,18 +127,36 @@ def chunk(data: bytes) -> bytes:
 
 
 def _complete(
-    status: int, body: bytes, close: bool, extra: tuple[tuple[bytes, bytes], ...] = ()
+    status: int,
+    body: bytes,
+    close: bool,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    keep_alive: bytes = b"",
 ) -> bytes:
     headers: Headers = [(b"Content-Type", JSON_CONTENT_TYPE)] if body else []
     headers.extend(extra)
-    head = response_head(status, b"", headers, content_length=len(body), chunked=False, close=close)
+    head = response_head(
+        status,
+        b"",
+        headers,
+        content_length=len(body),
+        chunked=False,
+        close=close,
+        keep_alive=keep_alive,
+    )
     return head + body
 
 
-def error_response(error: GatewayError, *, close: bool) -> bytes:
+def error_response(error: GatewayError, *, close: bool, keep_alive: bytes = b"") -> bytes:
     """A complete gateway-made response: JSON body, or empty for transport failures, and the
     fields its class needs (Proxy-Authenticate for a 407)."""
-    return _complete(error.status, error.body(), close, error.response_headers)
+    return _complete(error.status, error.body(), close, error.response_headers, keep_alive)
+
+
+def keep_alive_field(seconds: float) -> bytes:
+    """`Keep-Alive: timeout=N` (RFC 9112 appendix: the de facto field), one second short of
+    the real idle limit, so that a client which honours it closes first."""
+    return b"Keep-Alive: timeout=%d\r\n" % max(1, int(seconds) - 1)
 
 
 def simple_error(status: int, message: str, *, close: bool = True) -> bytes:

@@ -27,6 +27,8 @@ from appgateway.model import Headers
 log: Final = logging.getLogger("appgateway.server")
 
 MAX_HEAD: Final = 64 * 1024
+CLOSE_LINGER: Final = 2.0
+"""Seconds a connection closed between requests keeps reading (and dropping) after its FIN."""
 WRITE_HIGH_WATER: Final = 32 * 1024
 """Bytes waiting for a caller before the relay stops reading from the target. With the
 reads of `READ_SIZE`, a download the caller stalls holds some tens of KiB here."""
@@ -50,6 +52,7 @@ class ClientConnection:
         tracker: ConnectionTracker,
         body_min_rate: int = 0,
         read_buffer: memoryview | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         self.loop = loop
         # Shared by the listener's connections: each read is parsed before the next one.
@@ -57,6 +60,10 @@ class ClientConnection:
         self.body_min_rate = body_min_rate
         self.handler = handler
         self.request_timeout = request_timeout
+        # Between requests: longer than the idle timeouts of common client pools (Go 90 s),
+        # so that a client, not the gateway, closes an idle connection (see `_expired`).
+        self.keepalive_timeout = request_timeout if keepalive_timeout is None else keepalive_timeout
+        self.keep_alive_field = http1.keep_alive_field(self.keepalive_timeout)
         self.idle_timeout = idle_timeout
         self.tracker = tracker
         self.transport: asyncio.Transport | None = None
@@ -70,7 +77,9 @@ class ClientConnection:
         self._active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
         self._timer: asyncio.TimerHandle | None = None
-        self._waiting_since: float | None = None
+        self._timer_at = 0.0
+        self._deadline: float | None = None  # for the next head (or for a byte of it)
+        self._between = False  # keep-alive: no byte of the next request yet
         self._in_head = True  # between messages or inside a head: bytes count against MAX_HEAD
         self._head_bytes = 0
         self._heads = 0  # heads parsed, to tell whether a piece of input completed one
@@ -91,7 +100,7 @@ class ClientConnection:
             transport.close()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
-        self._arm_head_timer()
+        self._arm(self.request_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.read_buffer
@@ -102,6 +111,10 @@ class ClientConnection:
     def data_received(self, data: bytes | memoryview) -> None:
         if self._broken:
             return
+        if self._between:
+            # The next request has begun: from now on it has --request-timeout for its head.
+            self._between = False
+            self._arm(self.request_timeout)
         try:
             # Bound the head by bytes received, not per field: llhttp buffers a field until
             # it ends, so one endless header would otherwise grow without limit. The budget
@@ -141,7 +154,7 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.tracker.discard(self)
-        self._waiting_since = None
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -289,7 +302,8 @@ class ClientConnection:
             self.close()
             return
         self.resume_reading()
-        self._arm_head_timer()
+        self._between = True
+        self._arm(self.keepalive_timeout)
 
     def _upgrade(self) -> None:
         """Upgrade and CONNECT are refused: no tunnels.
@@ -358,27 +372,58 @@ class ClientConnection:
         if self.transport is not None:
             self.transport.abort()
 
-    # The request-timeout timer is lazy: arming only stamps the time, and one timer per
-    # connection re-arms itself for the remainder, so a busy keep-alive connection does not
-    # create and cancel a timer for every request.
-    def _arm_head_timer(self) -> None:
-        self._waiting_since = self.loop.time()
-        if self._timer is None:
-            self._timer = self.loop.call_later(self.request_timeout, self._head_timeout)
+    # The head timer is lazy: arming only moves the deadline, and one timer per connection
+    # re-arms itself for the remainder, so a busy keep-alive connection does not create and
+    # cancel a timer for every request. Only an earlier deadline needs a new timer.
+    def _arm(self, seconds: float) -> None:
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._expired)
 
     def _cancel_head_timer(self) -> None:
-        self._waiting_since = None
+        self._deadline = None
 
-    def _head_timeout(self) -> None:
+    def _expired(self) -> None:
         self._timer = None
-        since = self._waiting_since
-        if since is None or self.closed:
+        deadline = self._deadline
+        if deadline is None or self.closed:
             return
-        remaining = since + self.request_timeout - self.loop.time()
-        if remaining > 0.001:
-            self._timer = self.loop.call_later(remaining, self._head_timeout)
-        elif self._active is None:
+        if self.loop.time() < deadline - 0.001:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._expired)
+            return
+        if self._active is not None:
+            return
+        if self._between or self._head_bytes == 0:
+            self._close_between_requests()
+        else:
+            self.close()  # a head that did not arrive in time (slowloris)
+
+    def _close_between_requests(self) -> None:
+        """Close a connection no request is using, in an order a caller can tell.
+
+        A caller may be sending its next request at this very moment. Closing the socket with
+        that request unread would answer it with an RST, which clients report as an error
+        even for requests they could repeat. So: a FIN first (the caller reads an orderly end
+        of stream, which HTTP clients take as "retry on a new connection"), then whatever
+        still arrives is read and dropped for a moment, then the socket is closed.
+        """
+        self._broken = True  # nothing more is parsed
+        self._deadline = None
+        transport = self.transport
+        if transport is None or not transport.can_write_eof():
             self.close()
+            return
+        transport.write_eof()
+        self._reading_paused = False
+        transport.resume_reading()  # read (and drop) what is on its way
+        self.loop.call_later(CLOSE_LINGER, self.close)
 
     @property
     def idle(self) -> bool:
@@ -442,6 +487,7 @@ async def serve(
     idle_timeout: float,
     tracker: ConnectionTracker,
     body_min_rate: int = 0,
+    keepalive_timeout: float | None = None,
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
@@ -456,6 +502,7 @@ async def serve(
             tracker=tracker,
             body_min_rate=body_min_rate,
             read_buffer=read_buffer,
+            keepalive_timeout=keepalive_timeout,
         )
         return as_protocol(conn)
 

@@ -537,6 +537,7 @@ async def listen() -> AsyncIterator[Listen]:
         request_timeout: float = 5.0,
         idle_timeout: float = 5.0,
         body_min_rate: int = 0,
+        keepalive_timeout: float | None = None,
         plain: bool = False,
     ) -> Listening:
         """`plain`: the handler is a plain function (the server's own interface)."""
@@ -553,6 +554,7 @@ async def listen() -> AsyncIterator[Listen]:
             idle_timeout=idle_timeout,
             tracker=tracker,
             body_min_rate=body_min_rate,
+            keepalive_timeout=keepalive_timeout,
         )
         started.append((server, tracker))
         return Listening(sock.getsockname()[1], tracker)

@@ -411,6 +411,7 @@ async def test_access_log_line(rig: Rig) -> None:
         "error": None,
         "error_class": None,
         "request_id": "rid-7",
+        "caller": None,  # --caller-auth off
     }
     assert "secret" not in rig.log.getvalue()
 

@@ -16,6 +16,7 @@ import pytest
 
 from appgateway.errors import GatewayError, NotFound
 from appgateway.exchange import HIGH_WATER, Exchange
+from appgateway.server import CLOSE_LINGER, ClientConnection
 from tests.conftest import Client, ClientFactory, Listen, read_response, request_bytes, write
 
 pytestmark = pytest.mark.timeout(30)
@@ -637,3 +638,71 @@ async def test_tracker_closes_idle_connections_only(listen: Listen, clients: Cli
     assert await busy.eof() == b""
     await asyncio.sleep(0.01)
     assert not tracker.busy and tracker.connections == set()
+
+
+# -- closing idle keep-alive connections ------------------------------------------------------
+
+
+async def unread_request(listen: Listen, clients: ClientFactory) -> tuple[Client, ClientConnection]:
+    """A keep-alive connection whose next request is in the gateway's socket, unread: the
+    state in which an idle timer that fires now meets a caller reusing the connection."""
+    server = await listen(echo)
+    client = await clients(server.port)
+    assert (await client.request("GET", "/first")).status == 200
+    (conn,) = server.tracker.connections
+    assert conn.transport is not None
+    conn.transport.pause_reading()
+    await client.send(request_bytes("GET", "/second"))
+    await asyncio.sleep(0.05)
+    return client, conn
+
+
+async def test_closing_over_an_unread_request_resets_it(
+    listen: Listen, clients: ClientFactory
+) -> None:
+    """The cause of the lost requests: a socket closed with unread data sends an RST, and the
+    caller loses its request with a reset (it cannot tell whether to retry)."""
+    client, conn = await unread_request(listen, clients)
+    conn.close()
+    with pytest.raises(ConnectionResetError):
+        await client.eof()
+
+
+async def test_idle_timeout_closes_in_an_order_the_caller_can_tell(
+    listen: Listen, clients: ClientFactory
+) -> None:
+    """The idle close as the gateway does it: a FIN first, then what still arrives is read
+    and dropped; the caller reads an orderly end of stream, never an RST."""
+    client, conn = await unread_request(listen, clients)
+    conn._deadline = asyncio.get_running_loop().time() - 1  # the keep-alive timer fires now
+    conn._expired()
+    assert await client.eof() == b""  # no response, no reset
+    await asyncio.sleep(CLOSE_LINGER + 0.2)
+    assert conn.closed
+
+
+async def test_keep_alive_is_advertised_and_outlasts_the_request_timeout(
+    listen: Listen, clients: ClientFactory
+) -> None:
+    server = await listen(echo, request_timeout=0.2, keepalive_timeout=1.0)
+    client = await clients(server.port)
+    resp = await client.request("GET", "/a")
+    assert b"\r\nkeep-alive: timeout=1\r\n" in resp.head.lower()
+    await asyncio.sleep(0.5)  # past the request timeout, within the keep-alive timeout
+    assert (await client.request("GET", "/b")).status == 200
+    started = time.monotonic()
+    assert await client.eof() == b""
+    assert 0.8 <= time.monotonic() - started < 3
+
+
+async def test_a_head_begun_after_an_idle_wait_gets_the_request_timeout(
+    listen: Listen, clients: ClientFactory
+) -> None:
+    """Slow heads stay bounded by --request-timeout, however long the keep-alive."""
+    server = await listen(echo, request_timeout=0.3, keepalive_timeout=30)
+    client = await clients(server.port)
+    assert (await client.request("GET", "/a")).status == 200
+    await client.send(b"GET /b HTTP/1.1\r\nHost: h\r\n")  # and the rest never comes
+    started = time.monotonic()
+    assert await client.eof() == b""
+    assert 0.25 <= time.monotonic() - started < 3

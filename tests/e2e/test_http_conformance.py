@@ -37,7 +37,7 @@ def gateway(
     folder: Path = tmp_path_factory.mktemp("conformance")
     docs = [application("conf", [service("echo", [api(upstream_server.base)])])]
     with gateway_factory_for(folder) as make:
-        yield make(docs, ["--request-timeout", "1"])
+        yield make(docs, ["--request-timeout", "1", "--keepalive-timeout", "2"])
 
 
 @pytest.fixture
@@ -257,11 +257,20 @@ def test_chunked_request_body_forwarded_intact(client: Client, upstream: MockUps
     assert json.loads(response.body)["body_len"] == sum(map(len, pieces))
 
 
-def test_idle_connection_closed_after_request_timeout(client: Client) -> None:
-    assert client.request("GET", ECHO + "/idle").status == 200
+def test_idle_connection_closed_after_keepalive_timeout(client: Client) -> None:
+    response = client.request("GET", ECHO + "/idle")
+    assert response.status == 200
+    assert response.header("keep-alive") == "timeout=1"  # a second short of the real limit
     start = time.monotonic()
-    assert client.closed_within(5)
-    assert 0.5 <= time.monotonic() - start < 4
+    assert client.closed_within(6)
+    assert 1.5 <= time.monotonic() - start < 5
+
+
+def test_keep_alive_outlasts_the_request_timeout(client: Client) -> None:
+    """--request-timeout bounds a head; between requests --keepalive-timeout applies."""
+    assert client.request("GET", ECHO + "/first").status == 200
+    time.sleep(1.4)  # past --request-timeout (1 s), within --keepalive-timeout (2 s)
+    assert client.request("GET", ECHO + "/second").status == 200
 
 
 def test_silent_connection_closed_after_request_timeout(gateway: Gateway) -> None:
