@@ -39,9 +39,17 @@ from scenarios import (
 LL_BYTES = 32 * 1024 * 1024
 
 
-async def _load(port: int, paths: Sequence[str], requests: int, connections: int) -> int:
-    """Sends the requests, cycling over `paths`; returns how many answers were not 200."""
-    heads = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for p in paths]
+async def _load(
+    port: int, paths: Sequence[str], requests: int, connections: int, post: int = 0
+) -> int:
+    """Sends the requests (GETs, or POSTs of `post` bytes), cycling over `paths`; returns how
+    many answers were not 200."""
+    if post:
+        body = b"p" * post
+        framing = f"Host: 127.0.0.1:{port}\r\nContent-Length: {post}\r\n\r\n"
+        heads = [f"POST {p} HTTP/1.1\r\n{framing}".encode() + body for p in paths]
+    else:
+        heads = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for p in paths]
     failures = 0
     sent = 0
 
@@ -133,13 +141,13 @@ def measure(
             try:
                 wait_http_ok(gateway, port, paths[0], timeout=900)
                 try:
-                    asyncio.run(_load(port, paths, max(warmup, len(paths)), connections))
+                    asyncio.run(_load(port, paths, max(warmup, len(paths)), connections, spec.post))
                     subprocess.run(
                         ["callgrind_control", "-z", str(gateway.pid)],
                         check=True,
                         stdout=subprocess.DEVNULL,
                     )
-                    failures = asyncio.run(_load(port, paths, requests, connections))
+                    failures = asyncio.run(_load(port, paths, requests, connections, spec.post))
                 except OSError:
                     print(gateway.log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
                     raise
