@@ -24,6 +24,7 @@ from appgateway.admin import make_admin_app, start_admin
 from appgateway.auth import make_deps
 from appgateway.caller import make_caller_auth
 from appgateway.config import ConfigurationError, Settings, environ_proxies
+from appgateway.connections import ConnectionTracker
 from appgateway.demo.api import default_registry_text
 from appgateway.forward import Forwarder
 from appgateway.logs import AccessLog, LogControl
@@ -32,7 +33,7 @@ from appgateway.proxy import ProxyConfig
 from appgateway.registry import Registry
 from appgateway.registry.folder import FolderRegistry
 from appgateway.registry.snapshot import Snapshot
-from appgateway.server import ConnectionTracker, serve
+from appgateway.server import serve
 from appgateway.tls import TlsContexts
 from appgateway.upstream import Upstream
 

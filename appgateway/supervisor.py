@@ -30,7 +30,7 @@ from appgateway.admin import make_admin_app, start_admin
 from appgateway.app import StartupError
 from appgateway.config import Settings, settings_environment
 from appgateway.logs import LogControl
-from appgateway.metrics import MetricsMerger
+from appgateway.metrics_merge import MetricsMerger
 
 log = logging.getLogger("appgateway.supervisor")
 
@@ -279,7 +279,7 @@ class Supervisor:
 
     async def metrics_text(self) -> bytes:
         """The workers' metrics, asked in parallel and merged so that no counter goes down
-        when a worker is restarted or does not answer (metrics.MetricsMerger)."""
+        when a worker is restarted or does not answer (metrics_merge.MetricsMerger)."""
         answers = await asyncio.gather(*(self._scrape(worker) for worker in self.workers))
         return self.merger.merge(answers)
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from appgateway.connections import ConnectionTracker
 from appgateway.errors import CallerGone
 from appgateway.exchange import Exchange
-from appgateway.server import ConnectionTracker, serve
 from appgateway.server import Handler as ExchangeHandler
+from appgateway.server import serve
 from appgateway.upstream import Upstream
 
 pytest_plugins = ["tests.pipeline"]  # the in-process pipeline (make_rig, rig)

@@ -22,11 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from appgateway.auth import make_deps
 from appgateway.caller.tokens import TokensCallerAuth
 from appgateway.config import Settings
+from appgateway.connections import ConnectionTracker
 from appgateway.forward import Forwarder
 from appgateway.logs import AccessLog, setup_logging
 from appgateway.metrics import Metrics
 from appgateway.registry.folder import FolderRegistry
-from appgateway.server import ConnectionTracker, serve
+from appgateway.server import serve
 from appgateway.tls import TlsContexts
 from appgateway.upstream import Upstream
 from tests.conftest import (
