@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
 from appgateway import http1
@@ -24,24 +23,22 @@ HIGH_WATER: Final = 16 * 1024
 """Request-body bytes buffered before reading from the caller pauses."""
 
 
-class Answer(IntEnum):
-    """How far the response of an exchange is; `_ANSWER_NEXT` lists the allowed moves."""
+# How far the response of an exchange is (plain int constants: see upstream_connection.py).
+UNANSWERED: Final = 0  # nothing sent yet: an error response is still possible
+ANSWERING: Final = 1  # the head is composed (held back until the first body bytes)
+ANSWERED: Final = 2  # the whole response is written
+CUT: Final = 3  # the connection was aborted mid-response
+ANSWERS: Final = ("unanswered", "answering", "answered", "cut")
 
-    NONE = 0  # nothing sent yet: an error response is still possible
-    STARTED = 1  # the head is composed (held back until the first body bytes)
-    ENDED = 2  # the whole response is written
-    CUT = 3  # the connection was aborted mid-response
-
-
-_ANSWER_NEXT: Final[dict[Answer, tuple[Answer, ...]]] = {
-    Answer.NONE: (Answer.STARTED, Answer.ENDED, Answer.CUT),
-    Answer.STARTED: (Answer.ENDED, Answer.CUT),
-    Answer.ENDED: (),
-    Answer.CUT: (Answer.CUT,),
-}
+_ANSWER_NEXT: Final[tuple[tuple[int, ...], ...]] = (
+    (ANSWERING, ANSWERED, CUT),  # from UNANSWERED
+    (ANSWERED, CUT),  # from ANSWERING
+    (),  # from ANSWERED
+    (CUT,),  # from CUT: cutting twice changes nothing
+)
 
 
-def may_answer(current: Answer, new: Answer) -> bool:
+def may_answer(current: int, new: int) -> bool:
     return new in _ANSWER_NEXT[current]
 
 
@@ -93,7 +90,7 @@ class Exchange:
         self.expect_continue = False
         self.bytes_in = 0
         self.bytes_out = 0
-        self.answer = Answer.NONE
+        self.answer = UNANSWERED
         self.status_sent = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -121,9 +118,9 @@ class Exchange:
     @property
     def started(self) -> bool:
         """A response (or part of one) went out: no error response is possible any more."""
-        return self.answer != Answer.NONE
+        return self.answer != UNANSWERED
 
-    def _to(self, answer: Answer) -> None:
+    def _to(self, answer: int) -> None:
         assert may_answer(self.answer, answer), (self.answer, answer)
         self.answer = answer
 
@@ -222,7 +219,7 @@ class Exchange:
         """Write the response head, choosing the framing towards the caller. `codings`
         (transfer codings the body still carries, such as gzip) need chunked framing, so
         an HTTP/1.1 caller (forward.py refuses them to HTTP/1.0 callers)."""
-        self._to(Answer.STARTED)
+        self._to(ANSWERING)
         self.status_sent = status
         allowed = http1.body_allowed(status, self.method)
         self._body_allowed = allowed
@@ -283,7 +280,7 @@ class Exchange:
         if head or tail:
             self._head = b""
             self.conn.write(head + tail)
-        self._to(Answer.ENDED)
+        self._to(ANSWERED)
 
     def send_error(self, error: GatewayError) -> None:
         """A complete gateway-made response; the connection closes if the body was not read."""
@@ -291,7 +288,7 @@ class Exchange:
         if close:
             self._close_after = True
         data = http1.error_response(error, close=close, keep_alive=self.conn.keep_alive_field)
-        self._to(Answer.ENDED)
+        self._to(ANSWERED)
         self.status_sent = error.status
         self.bytes_out += len(data)
         self.conn.write(data)
@@ -299,7 +296,7 @@ class Exchange:
     def abort(self) -> None:
         """Cut the response (an upstream failure after the head was sent)."""
         self._close_after = True
-        self._to(Answer.CUT)
+        self._to(CUT)
         self.conn.abort()
 
     def done(self) -> None:

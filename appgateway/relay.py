@@ -19,20 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from appgateway import decide, http1
 from appgateway.auth import Applied
 from appgateway.errors import CallerGone, GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.exchange import Exchange
-from appgateway.flow import Suspended, begin, drive
+from appgateway.flow import Pending, settle
 from appgateway.http1 import replayable
 from appgateway.logs import Call
 from appgateway.model import Headers
 from appgateway.routing import Destination
 from appgateway.upstream import OutboundRequest, encode, encode_head
-from appgateway.upstream_connection import Phase, UpstreamConnection
+from appgateway.upstream_connection import DONE, WAITING, UpstreamConnection
 
 if TYPE_CHECKING:
     from appgateway.forward import Forwarder, PreparedAPI
@@ -40,24 +39,23 @@ if TYPE_CHECKING:
 log: Final = logging.getLogger("appgateway.forward")
 
 
-class Stage(IntEnum):
-    """Where a request is; `_NEXT` lists every move."""
+# Where a request is (plain int constants: see upstream_connection.py).
+PREPARING: Final = 0  # credentials, body, connection: possibly awaited in the prelude
+SENDING: Final = 1  # the request is on a connection; no response head yet
+RELAYING: Final = 2  # the head is relayed; the body flows
+ENDED: Final = 3
+STAGES: Final = ("preparing", "sending", "relaying", "ended")
 
-    PREPARING = 0  # credentials, body, connection: possibly awaited in the prelude
-    SENDING = 1  # the request is on a connection; no response head yet
-    RELAYING = 2  # the head is relayed; the body flows
-    ENDED = 3
+_NEXT: Final[tuple[tuple[int, ...], ...]] = (
+    (SENDING, ENDED),  # from PREPARING
+    (PREPARING, RELAYING, ENDED),  # from SENDING (back: a resend, a retry)
+    (ENDED,),  # from RELAYING
+    (),  # from ENDED
+)
+"""Every move a request may make, by the stage it is in."""
 
 
-_NEXT: Final[dict[Stage, tuple[Stage, ...]]] = {
-    Stage.PREPARING: (Stage.SENDING, Stage.ENDED),
-    Stage.SENDING: (Stage.PREPARING, Stage.RELAYING, Stage.ENDED),  # back: resend, retry
-    Stage.RELAYING: (Stage.ENDED,),
-    Stage.ENDED: (),
-}
-
-
-def may_move(current: Stage, new: Stage) -> bool:
+def may_move(current: int, new: int) -> bool:
     return new in _NEXT[current]
 
 
@@ -117,11 +115,11 @@ class Relay:
         self.stream: StreamedBody | None = None
         self.conn: UpstreamConnection | None = None
         self.fresh = False  # `conn` was made for this request (not taken from the pool)
-        self.stage = Stage.PREPARING
+        self.stage = PREPARING
         self.task: asyncio.Task[None] | None = None
         self.sent_at = 0.0
 
-    def _to(self, stage: Stage) -> None:
+    def _to(self, stage: int) -> None:
         assert may_move(self.stage, stage), (self.stage, stage)
         self.stage = stage
 
@@ -137,15 +135,13 @@ class Relay:
         try:
             caller_auth = self.fwd.caller_auth
             if caller_auth is not None:
-                who = begin(caller_auth.authorize(proxy_authorization, self.api.api.ref.app))
-                if isinstance(who, Suspended):
+                who = caller_auth.authorize(proxy_authorization, self.api.api.ref.app)
+                if isinstance(who, Pending):
                     self._prelude(self._prepare(None, who))
                     return
                 self.call.caller = who
-            credentials = begin(
-                self.api.strategy.apply(self.headers, authenticate=self.authenticate)
-            )
-            if isinstance(credentials, Suspended) or ex.has_body:
+            credentials = self.api.strategy.apply(self.headers, authenticate=self.authenticate)
+            if isinstance(credentials, Pending) or ex.has_body:
                 self._prelude(self._prepare(credentials))
                 return
             self.applied = credentials
@@ -177,16 +173,12 @@ class Relay:
             self._fail(GatewayError("internal error"))
 
     async def _prepare(
-        self, credentials: Applied | Suspended[Applied], who: Suspended[str] | None = None
+        self, credentials: Applied | Pending[Applied], who: Pending[str] | None = None
     ) -> None:
         if who is not None:  # the caller's review first; then the credentials, from the start
-            self.call.caller = await who.finish()
-            credentials = begin(
-                self.api.strategy.apply(self.headers, authenticate=self.authenticate)
-            )
-        self.applied = (
-            await credentials.finish() if isinstance(credentials, Suspended) else credentials
-        )
+            self.call.caller = await who.work
+            credentials = self.api.strategy.apply(self.headers, authenticate=self.authenticate)
+        self.applied = await settle(credentials)
         body = await self._read_body() if self.ex.has_body else None
         self.request = self.fwd.build(self, body)
         await self._connect_and_send()
@@ -216,7 +208,7 @@ class Relay:
                     conn = await fwd.upstream.connect(request.target, pool)
             except TimeoutError:
                 raise decide.head_timeout(fwd.header_timeout) from None
-            if self.stage == Stage.ENDED:  # the caller left while we connected
+            if self.stage == ENDED:  # the caller left while we connected
                 conn.abort()
                 return
             fresh = True
@@ -229,7 +221,7 @@ class Relay:
         credentials (a 401/403)."""
         if reapply:
             headers = list(self.first)
-            self.applied = await drive(self.api.strategy.apply(headers))
+            self.applied = await settle(self.api.strategy.apply(headers))
             request = self.request
             assert request is not None
             request.headers = self.fwd.finish_headers(self.api, headers)
@@ -240,7 +232,7 @@ class Relay:
         """The hand-over: from here on the target's answer arrives through `pump`."""
         request = self.request
         assert request is not None
-        self._to(Stage.SENDING)
+        self._to(SENDING)
         self.conn = conn
         self.fresh = fresh
         fwd = self.fwd
@@ -279,11 +271,11 @@ class Relay:
             elif sent != stream.length:
                 raise UpstreamUnavailable("request body shorter than its Content-Length")
         except GatewayError:
-            if self.stage != Stage.SENDING:
+            if self.stage != SENDING:
                 return
             raise
         conn.body_sent = True
-        if self.stage == Stage.SENDING and conn.phase == Phase.WAITING:
+        if self.stage == SENDING and conn.phase == WAITING:
             conn.arm(fwd.loop_time() + fwd.header_timeout)
 
     # -- the answer, from the connection's callbacks -------------------------------------
@@ -291,9 +283,9 @@ class Relay:
         """Level-triggered: act on whatever the connection has now. Never raises into the
         event loop: an unexpected error ends the exchange here."""
         try:
-            if self.stage == Stage.SENDING and not self._head(conn):
+            if self.stage == SENDING and not self._head(conn):
                 return
-            if self.stage == Stage.RELAYING:
+            if self.stage == RELAYING:
                 self._relay(conn)
         except GatewayError as error:
             self._fail(error)
@@ -318,7 +310,7 @@ class Relay:
                 self._back(fresh=True, reapply=False)
                 return False
             raise error
-        if conn.phase == Phase.WAITING:
+        if conn.phase == WAITING:
             if conn.timed_out:
                 raise decide.head_timeout(self.fwd.header_timeout)
             return False
@@ -344,12 +336,12 @@ class Relay:
         request = self.request
         assert request is not None
         fwd.start_response(self.ex, self.dest, conn, request)
-        self._to(Stage.RELAYING)
+        self._to(RELAYING)
         return True
 
     def _back(self, *, fresh: bool, reapply: bool) -> None:
         self.conn = None
-        self._to(Stage.PREPARING)
+        self._to(PREPARING)
         self._prelude(self._again(fresh=fresh, reapply=reapply))
 
     def _relay(self, conn: UpstreamConnection) -> None:
@@ -357,7 +349,7 @@ class Relay:
         data = conn.take()
         if data:
             ex.send(data)
-        if conn.phase == Phase.DONE:
+        if conn.phase == DONE:
             ex.end()
             self._end()
             return
@@ -377,7 +369,7 @@ class Relay:
 
     def writable(self) -> None:
         conn = self.conn
-        if conn is not None and self.stage == Stage.RELAYING:
+        if conn is not None and self.stage == RELAYING:
             conn.hold(False)
             conn.arm(self.fwd.loop_time() + self.fwd.idle_timeout)
 
@@ -387,7 +379,7 @@ class Relay:
         self._end()
 
     def _fail(self, error: GatewayError) -> None:
-        if self.stage == Stage.ENDED:
+        if self.stage == ENDED:
             return
         self.call.error = error
         ex = self.ex
@@ -403,9 +395,9 @@ class Relay:
         self._end()
 
     def _end(self) -> None:
-        if self.stage == Stage.ENDED:
+        if self.stage == ENDED:
             return
-        self._to(Stage.ENDED)
+        self._to(ENDED)
         conn = self.conn
         if conn is not None:
             conn.release()  # pooled only when the response was complete, else closed

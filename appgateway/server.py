@@ -21,7 +21,7 @@ from appgateway import http1
 from appgateway.aio import READ_SIZE, as_protocol
 from appgateway.connections import ConnectionTracker
 from appgateway.errors import BadRequest
-from appgateway.exchange import Answer, Exchange
+from appgateway.exchange import ANSWERED, Exchange
 from appgateway.headers import lower_name
 from appgateway.model import Headers
 
@@ -218,7 +218,9 @@ class ClientConnection:
         if method == b"CONNECT":
             self._reject(405, "CONNECT is not supported")
         url = self._url
-        if b"#" in url:
+        # `find`, not `in`: `bytes in bytes` first tries its argument as an int and pays for
+        # the TypeError (some 1,800 instructions, a few percent of a request).
+        if url.find(b"#") >= 0:
             url = url.partition(b"#")[0]  # a fragment is the caller's own; never sent on
         exchange = Exchange(self, method, url, self._headers)
         http11 = version == "1.1"
@@ -287,7 +289,7 @@ class ClientConnection:
         self._active = None
         if self.closed:
             return
-        if exchange._close_after or exchange.answer != Answer.ENDED or not exchange.body_complete:
+        if exchange._close_after or exchange.answer != ANSWERED or not exchange.body_complete:
             self.close()
             return
         if self._queue:

@@ -19,8 +19,8 @@ from appgateway.model import Headers, Target
 from appgateway.proxy import ProxyConfig
 from appgateway.tunnel import Tunnel
 from appgateway.upstream_connection import (
+    DONE,
     POOL_IDLE_SECONDS,
-    Phase,
     Pool,
     PoolKey,
     UpstreamConnection,
@@ -213,7 +213,7 @@ class _Collector:
                 )
                 return
             self._parts.append(data)
-        if conn.phase == Phase.DONE:
+        if conn.phase == DONE:
             conn.release()
             self.result.set_result((conn.status, conn.headers, b"".join(self._parts)))
         elif conn.error is not None:

@@ -14,7 +14,6 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from enum import IntEnum
 from typing import Final, Protocol
 
 import httptools
@@ -37,28 +36,28 @@ def pool_key(target: Target, verify: bool, fingerprint: str) -> PoolKey:
     return (target.scheme, target.host, target.port, verify, fingerprint)
 
 
-class Phase(IntEnum):
-    """Where a connection is; `_NEXT` lists every move it may make."""
+# Where a connection is. Plain int constants, not an Enum: mypyc compares them as C ints,
+# where an Enum member is an attribute lookup on a class (a measurable share of a request).
+CONNECTING: Final = 0  # the socket (and TLS) is being set up
+IDLE: Final = 1  # no exchange: fresh, or kept in its pool
+WAITING: Final = 2  # a request is (being) sent; no response head yet
+BODY: Final = 3  # the head is in; the body is arriving
+DONE: Final = 4  # the response is complete; nothing more may arrive
+CLOSED: Final = 5
+PHASES: Final = ("connecting", "idle", "waiting", "body", "done", "closed")
 
-    CONNECTING = 0  # the socket (and TLS) is being set up
-    IDLE = 1  # no exchange: fresh, or kept in its pool
-    WAITING = 2  # a request is (being) sent; no response head yet
-    BODY = 3  # the head is in; the body is arriving
-    DONE = 4  # the response is complete; nothing more may arrive
-    CLOSED = 5
+_NEXT: Final[tuple[tuple[int, ...], ...]] = (
+    (IDLE, CLOSED),  # from CONNECTING
+    (WAITING, CLOSED),  # from IDLE
+    (BODY, DONE, CLOSED),  # from WAITING
+    (DONE, CLOSED),  # from BODY
+    (IDLE, CLOSED),  # from DONE
+    (),  # from CLOSED
+)
+"""Every move a connection may make, by the phase it is in."""
 
 
-_NEXT: Final[dict[Phase, tuple[Phase, ...]]] = {
-    Phase.CONNECTING: (Phase.IDLE, Phase.CLOSED),
-    Phase.IDLE: (Phase.WAITING, Phase.CLOSED),
-    Phase.WAITING: (Phase.BODY, Phase.DONE, Phase.CLOSED),
-    Phase.BODY: (Phase.DONE, Phase.CLOSED),
-    Phase.DONE: (Phase.IDLE, Phase.CLOSED),
-    Phase.CLOSED: (),
-}
-
-
-def may_move(current: Phase, new: Phase) -> bool:
+def may_move(current: int, new: int) -> bool:
     return new in _NEXT[current]
 
 
@@ -79,7 +78,7 @@ class UpstreamConnection:
         self._read_buffer = read_buffer  # shared: each read is parsed before the next one
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self.phase = Phase.CONNECTING
+        self.phase = CONNECTING
         self.idle_since = 0.0
         # Set when the connection goes through an HTTP proxy (plain http targets only):
         # request targets are sent in absolute form, with the proxy's credentials.
@@ -115,7 +114,7 @@ class UpstreamConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
-    def _move(self, phase: Phase) -> None:
+    def _move(self, phase: int) -> None:
         assert may_move(self.phase, phase), (self.phase, phase)
         self.phase = phase
 
@@ -136,7 +135,7 @@ class UpstreamConnection:
     def _expired(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self.phase == Phase.CLOSED:
+        if deadline is None or self.phase == CLOSED:
             return
         if self._loop.time() < deadline - 0.001:
             self._timer_at = deadline
@@ -149,7 +148,7 @@ class UpstreamConnection:
     # -- asyncio.Protocol (buffered) --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._move(Phase.IDLE)
+        self._move(IDLE)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -160,22 +159,22 @@ class UpstreamConnection:
     def data_received(self, data: bytes | memoryview) -> None:
         self.got_bytes = True
         phase = self.phase
-        if phase == Phase.DONE:
+        if phase == DONE:
             self.keep_alive = False  # a byte after the end of the response: never reuse
             return
-        if phase == Phase.IDLE or phase == Phase.CLOSED:
+        if phase == IDLE or phase == CLOSED:
             # Bytes on an idle connection: the server is confused; never reuse it.
             self.abort()
             return
         try:
-            if phase == Phase.WAITING:
+            if phase == WAITING:
                 # Bound the head by bytes received, not per field: llhttp buffers a field
                 # until it ends, so one endless header would otherwise grow without limit.
                 allowance = MAX_RESPONSE_HEAD - self._head_bytes
                 if len(data) > allowance:
                     self._head_bytes = MAX_RESPONSE_HEAD
                     self._parser.feed_data(data[:allowance])
-                    if self.phase == Phase.WAITING:
+                    if self.phase == WAITING:
                         raise UpstreamUnavailable("response header too large", "protocol")
                     data = data[allowance:]
                 else:
@@ -187,7 +186,7 @@ class UpstreamConnection:
             reason = exc.__cause__ or exc.__context__  # what a callback of ours raised
             if isinstance(reason, UpstreamUnavailable):
                 self._fail(reason)
-            elif self.phase == Phase.DONE:
+            elif self.phase == DONE:
                 # Bytes past the end of a complete response (`_Surplus`): the response
                 # stands as framed, and the connection is never reused.
                 self.keep_alive = False
@@ -210,16 +209,16 @@ class UpstreamConnection:
             self._timer = None
         self.keep_alive = False
         phase = self.phase
-        if phase == Phase.BODY and self._until_eof and exc is None and self._eof:
-            self._move(Phase.DONE)  # a close-delimited body ends here (the sink releases)
-        elif phase != Phase.DONE:
-            if self.error is None and phase == Phase.WAITING:
+        if phase == BODY and self._until_eof and exc is None and self._eof:
+            self._move(DONE)  # a close-delimited body ends here (the sink releases)
+        elif phase != DONE:
+            if self.error is None and phase == WAITING:
                 self.error = failures.lost_before_head(
                     exc, self.pool.ssl_context is not None, self.got_bytes
                 )
-            elif self.error is None and phase == Phase.BODY:
+            elif self.error is None and phase == BODY:
                 self.error = failures.lost_in_body(exc, self._until_eof)
-            self.phase = Phase.CLOSED
+            self.phase = CLOSED
         self.pool.discard(self)
         drain = self._drain
         if drain is not None and not drain.done():
@@ -237,7 +236,7 @@ class UpstreamConnection:
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.phase == Phase.DONE:
+        if self.phase == DONE:
             # A byte after the end of the final response (a second response, or garbage):
             # never parse it into this exchange or the next one; the connection is dead.
             raise _Surplus()
@@ -251,7 +250,7 @@ class UpstreamConnection:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_RESPONSE_HEAD:
             raise UpstreamUnavailable("response header too large", "protocol")
-        if self.phase != Phase.WAITING:
+        if self.phase != WAITING:
             return  # a chunked body's trailer: never a header, and not relayed
         self.headers.append((name, value))
 
@@ -284,14 +283,14 @@ class UpstreamConnection:
         no_body = self._head_request or status in (204, 304)
         self._until_eof = not no_body and not chunked and length is None
         if no_body:
-            self._move(Phase.DONE)
+            self._move(DONE)
             if self._head_request:
                 self._reset_parser = True  # llhttp cannot know the answer was to a HEAD
         else:
-            self._move(Phase.BODY)
+            self._move(BODY)
 
     def on_body(self, body: bytes) -> None:
-        if self.phase == Phase.DONE:
+        if self.phase == DONE:
             raise _Surplus()  # body bytes after a HEAD, 204 or 304 answer
         self._chunks.append(body)
 
@@ -299,13 +298,13 @@ class UpstreamConnection:
         if self._interim:
             self._interim = False
             return
-        if self.phase == Phase.BODY:
-            self._move(Phase.DONE)
+        if self.phase == BODY:
+            self._move(DONE)
 
     # -- the exchange ---------------------------------------------------------------------
     def begin(self, method: bytes, sink: Sink) -> None:
         """Start an exchange on an idle connection; its events go to `sink.pump`."""
-        self._move(Phase.WAITING)
+        self._move(WAITING)
         self.sink = sink
         self.error = None
         self.timed_out = False
@@ -345,7 +344,7 @@ class UpstreamConnection:
     def hold(self, held: bool) -> None:
         """Stop or restart reading while the caller cannot take more."""
         transport = self.transport
-        if held == self._held or transport is None or self.phase == Phase.CLOSED:
+        if held == self._held or transport is None or self.phase == CLOSED:
             return
         self._held = held
         if held:
@@ -362,7 +361,7 @@ class UpstreamConnection:
         UpstreamTimeout (it stopped reading for `idle_timeout`)."""
         if not self._write_paused:
             return
-        if self.phase == Phase.CLOSED:
+        if self.phase == CLOSED:
             raise UpstreamUnavailable("connection lost while sending", "protocol")
         waiter = self._loop.create_future()
         self._drain = waiter
@@ -379,13 +378,13 @@ class UpstreamConnection:
         self.sink = None
         self._deadline = None
         if (
-            self.phase == Phase.DONE
+            self.phase == DONE
             and self.keep_alive
             and self.body_sent
             and not self._held
             and not self._chunks
         ):
-            self._move(Phase.IDLE)
+            self._move(IDLE)
             self.pool.release(self)
         else:
             self.abort()
@@ -396,7 +395,7 @@ class UpstreamConnection:
         self._close()
 
     def _close(self) -> None:
-        self.phase = Phase.CLOSED
+        self.phase = CLOSED
         if self.transport is not None:
             self.transport.abort()
         self.pool.discard(self)
@@ -421,7 +420,7 @@ class Pool:
     def acquire(self, now: float) -> UpstreamConnection | None:
         while self.idle:
             conn = self.idle.pop()
-            if conn.phase != Phase.IDLE or now - conn.idle_since > POOL_IDLE_SECONDS:
+            if conn.phase != IDLE or now - conn.idle_since > POOL_IDLE_SECONDS:
                 conn.abort()
                 continue
             return conn
@@ -444,7 +443,7 @@ class Pool:
         keep: deque[UpstreamConnection] = deque()
         for conn in self.idle:
             if older_than is None or conn.idle_since < older_than:
-                conn.phase = Phase.CLOSED
+                conn.phase = CLOSED
                 if conn.transport is not None:
                     conn.transport.close()
             else:

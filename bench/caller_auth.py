@@ -2,7 +2,7 @@
 
 Run by hand: `.venv/bin/python bench/caller_auth.py [--calls 200000]`. A stand-in API server
 on loopback (aiohttp) answers TokenReview and SubjectAccessReview, so only the gateway's side
-is timed. The cached figure is `begin(auth.authorize(...))` in a loop with both answers
+is timed. The cached figure is `auth.authorize(...)` in a loop with both answers
 cached: what the engine pays per request with `--caller-auth kubernetes` on a steady caller.
 The token is JWT-sized (about 1 KiB), as ServiceAccount tokens are, since its HMAC is part of
 the cost. Compare with `make native` (compiled data path) and `NATIVE=0 make native`.
@@ -27,7 +27,7 @@ from aiohttp import web
 from appgateway import native
 from appgateway.caller.kubernetes import KubernetesCallerAuth
 from appgateway.caller.tokens import TokensCallerAuth
-from appgateway.flow import Flow, begin, drive
+from appgateway.flow import settle
 from appgateway.metrics import Metrics
 from appgateway.registry.kubeclient import KubeClient
 from appgateway.registry.kubeconfig import ClusterAuth
@@ -76,11 +76,6 @@ def per_call_ns(step: Callable[[], object], calls: int, rounds: int = 5) -> floa
     return statistics.median(samples)
 
 
-def nothing() -> Flow[str]:
-    return "x"
-    yield  # noqa: B901 - a generator, as the engine's floor
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000)
@@ -105,15 +100,14 @@ async def main() -> int:
     token = jwt_like()
     value = b"Bearer " + token
     try:
-        assert await drive(auth.authorize(value, "erp")) == "system:serviceaccount:team-a:orders"
-        assert begin(auth.authorize(value, "erp")) == "system:serviceaccount:team-a:orders"
-        floor = per_call_ns(lambda: begin(nothing()), calls)
-        cached = per_call_ns(lambda: begin(auth.authorize(value, "erp")), calls)
+        assert await settle(auth.authorize(value, "erp")) == "system:serviceaccount:team-a:orders"
+        assert auth.authorize(value, "erp") == "system:serviceaccount:team-a:orders"
+        cached = per_call_ns(lambda: auth.authorize(value, "erp"), calls)
         cold: list[float] = []
         for n in range(200):
             fresh = b"Bearer " + token[:-8] + b"%08d" % n  # new token, new Application
             started = time.perf_counter()
-            await drive(auth.authorize(fresh, f"app-{n}"))
+            await settle(auth.authorize(fresh, f"app-{n}"))
             cold.append((time.perf_counter() - started) * 1000)
     finally:
         await auth.stop()
@@ -126,14 +120,13 @@ async def main() -> int:
         tokens = TokensCallerAuth(path, metrics=Metrics())
         await tokens.start()
         try:
-            assert begin(tokens.authorize(value, "erp")) == "ci"
-            by_file = per_call_ns(lambda: begin(tokens.authorize(value, "erp")), calls)
+            assert tokens.authorize(value, "erp") == "ci"
+            by_file = per_call_ns(lambda: tokens.authorize(value, "erp"), calls)
         finally:
             await tokens.stop()
 
     cold.sort()
     print(f"token size: {len(token)} bytes; {calls} calls x 5 rounds (median of the means)")
-    print(f"  begin(empty flow)                   {floor:8.0f} ns/call (floor)")
     print(f"  kubernetes, both decisions cached   {cached:8.0f} ns/call")
     print(f"  tokens file                         {by_file:8.0f} ns/call")
     print(

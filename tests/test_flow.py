@@ -5,67 +5,40 @@ from collections.abc import Awaitable
 
 import pytest
 
-from appgateway.flow import Flow, Suspended, begin, drive
+from appgateway.flow import Pending, settle
 
 
-def cached(value: str) -> Flow[str]:
-    """A flow whose data is at hand: it never yields."""
+async def fetched(value: str) -> str:
+    await asyncio.sleep(0)
     return value
-    yield  # pragma: no cover - makes this a generator
-
-
-def fetching(fetch: Awaitable[str], log: list[str]) -> Flow[str]:
-    log.append("before")
-    value: str = yield fetch
-    log.append(f"got {value}")
-    more: str = yield asyncio.sleep(0, result="!")
-    return value + more
-
-
-def recovering(fetch: Awaitable[str]) -> Flow[str]:
-    try:
-        yield fetch
-    except LookupError as exc:
-        return f"recovered from {exc}"
-    return "no error"  # pragma: no cover - the fetch fails
 
 
 async def failing() -> str:
     raise LookupError("gone")
 
 
-def test_a_flow_that_needs_nothing_finishes_in_begin() -> None:
-    assert begin(cached("token")) == "token"
+def pending(work: Awaitable[str]) -> str | Pending[str]:
+    """A step's result as the callers of a step see it: the value, or what to await."""
+    return Pending(work)
 
 
-async def test_a_flow_that_yields_is_finished_by_a_coroutine() -> None:
-    log: list[str] = []
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    started = begin(fetching(future, log))
-    assert isinstance(started, Suspended)
-    assert log == ["before"]
-    asyncio.get_running_loop().call_soon(future.set_result, "t1")
-    assert await started.finish() == "t1!"
-    assert log == ["before", "got t1"]
+async def test_a_result_at_hand_is_settled_as_it_is() -> None:
+    step: str | Pending[str] = "cached"
+    assert await settle(step) == "cached"
 
 
-async def test_an_exception_is_thrown_into_the_flow() -> None:
-    assert await drive(recovering(failing())) == "recovered from gone"
+async def test_a_pending_step_is_awaited() -> None:
+    assert await settle(pending(fetched("t1"))) == "t1"
 
 
-async def test_an_exception_the_flow_does_not_catch_propagates() -> None:
+async def test_a_pending_steps_failure_propagates() -> None:
     with pytest.raises(LookupError):
-        await drive(fetching(failing(), []))
+        await settle(pending(failing()))
 
 
-async def test_drive_runs_either_kind() -> None:
-    assert await drive(cached("a")) == "a"
-    assert await drive(fetching(asyncio.sleep(0, result="b"), [])) == "b!"
-
-
-async def test_cancelling_the_driver_cancels_the_awaited_step() -> None:
+async def test_cancelling_the_waiter_cancels_the_pending_work() -> None:
     future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(drive(fetching(future, [])))
+    task: asyncio.Task[str] = asyncio.ensure_future(settle(pending(future)))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -29,7 +29,7 @@ from appgateway.errors import UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import ClientCert, Headers, Target
 from appgateway.tls import TlsContexts, load_client_cert
 from appgateway.upstream import OutboundRequest, Pool, Upstream, encode
-from appgateway.upstream_connection import Phase, UpstreamConnection
+from appgateway.upstream_connection import BODY, DONE, UpstreamConnection
 from appgateway.urls import parse_target
 from tests.conftest import (
     Connection,
@@ -82,7 +82,7 @@ class Capture:
 
     def pump(self, conn: UpstreamConnection) -> None:
         self.pumps += 1
-        if self.stalled and conn.phase == Phase.BODY:
+        if self.stalled and conn.phase == BODY:
             if not self.head.done():
                 self.head.set_result(None)
             conn.hold(True)
@@ -92,14 +92,14 @@ class Capture:
         if failure is None and conn.timed_out:
             failure = TimeoutError()
         if not self.head.done():
-            if conn.phase in (Phase.BODY, Phase.DONE):
+            if conn.phase in (BODY, DONE):
                 self.head.set_result(None)
             elif failure is not None:
                 self.head.set_exception(failure)
                 self.end.cancel()  # there will be no body
                 return
         if not self.end.done():
-            if conn.phase == Phase.DONE:
+            if conn.phase == DONE:
                 self.end.set_result(b"".join(self.parts))
             elif failure is not None:
                 self.end.set_exception(failure)

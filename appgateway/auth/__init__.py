@@ -16,7 +16,7 @@ from appgateway.auth.certificate import CertificateStrategy, NoAuthStrategy
 from appgateway.auth.csrf import CsrfStrategy
 from appgateway.auth.deps import AuthDeps, make_deps
 from appgateway.auth.oauth import OAuthStrategy
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.model import (
     API,
     BasicAuth,
@@ -46,12 +46,12 @@ Applied = object | None
 
 
 class AuthStrategy(Protocol):
-    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[Applied]:
+    def apply(self, headers: Headers, *, authenticate: bool = True) -> Applied | Pending[Applied]:
         """Add the credential (unless `authenticate` is False: an Access-Token override is
         in place) and any CSRF token; return what was used, for `invalidate`.
 
-        A flow (flow.py): it yields only to fetch what is not cached, so with warm caches
-        it finishes without a task.
+        With warm caches this finishes at once; otherwise it returns a `Pending` (flow.py)
+        whose coroutine fetches and then applies, for the request's prelude to await.
         """
         ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.headers import put_header
 from appgateway.model import BasicAuth, ClientCert, Headers
 
@@ -16,11 +16,12 @@ class BasicStrategy:
         raw = credentials.username.encode() + b":" + credentials.password.encode()
         self._value = b"Basic " + base64.b64encode(raw)  # base64: no field check needed
 
-    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
+    def apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> object | None | Pending[object | None]:
         if authenticate:
             put_header(headers, AUTHORIZATION, self._value)
         return None
-        yield  # pragma: no cover - makes this a flow (a generator) that never waits
 
     def invalidate(self, applied: object | None) -> None:
         return None

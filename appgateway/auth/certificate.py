@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.model import ClientCert, Headers
 
 
 class NoAuthStrategy:
-    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
+    def apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> object | None | Pending[object | None]:
         return None
-        yield  # pragma: no cover - makes this a flow (a generator) that never waits
 
     def invalidate(self, applied: object | None) -> None:
         return None

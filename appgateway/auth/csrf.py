@@ -15,7 +15,7 @@ from appgateway.auth import flows
 from appgateway.auth.deps import AuthDeps
 from appgateway.auth.oauth import BearerToken, OAuthStrategy
 from appgateway.errors import TokenError, UpstreamTimeout, UpstreamUnavailable
-from appgateway.flow import Flow
+from appgateway.flow import Pending, settle
 from appgateway.headers import lower_name, put_header, set_header
 from appgateway.model import ClientCert, Headers
 from appgateway.urls import redact
@@ -74,18 +74,30 @@ class CsrfStrategy:
     def client_cert(self) -> ClientCert | None:
         return self._inner.client_cert
 
-    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
-        inner_applied = yield from self._inner.apply(headers, authenticate=authenticate)
+    def apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> object | None | Pending[object | None]:
+        inner = self._inner.apply(headers, authenticate=authenticate)
         csrf = self._deps.csrf_cache.peek(self.key)
+        if csrf is None or isinstance(inner, Pending):
+            return Pending(self._apply_after_fetching(headers, inner, csrf))
+        return self._add(headers, inner, csrf)
+
+    async def _apply_after_fetching(
+        self,
+        headers: Headers,
+        inner: object | None | Pending[object | None],
+        csrf: flows.CsrfToken | None,
+    ) -> object | None:
+        inner_applied = await settle(inner)
         if csrf is None:
-            found: tuple[flows.CsrfToken, bool] = yield self._deps.csrf_cache.lookup(
+            csrf, fetched = await self._deps.csrf_cache.lookup(
                 self.key, lambda: self._fetch(inner_applied)
             )
-            csrf, fetched = found
             oauth = self._oauth
             if fetched and isinstance(inner_applied, BearerToken) and oauth is not None:
                 # The CSRF fetch may have replaced a rejected token: send the current one.
-                current = yield from oauth.apply(headers)
+                current = await settle(oauth.apply(headers))
                 if isinstance(current, BearerToken) and current.value != inner_applied.value:
                     inner_applied = current
         return self._add(headers, inner_applied, csrf)

@@ -16,7 +16,7 @@ from appgateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.headers import put_header, set_header
 from appgateway.model import ClientCert, Headers, OAuth, OAuthMTLS
 from appgateway.urls import redact
@@ -64,16 +64,16 @@ class OAuthStrategy:
         value, fetched = await self._deps.token_cache.lookup(self.key, self._fetch)
         return BearerToken(value, fetched)
 
-    def apply(self, headers: Headers, *, authenticate: bool = True) -> Flow[object | None]:
-        """The cached token, or (waiting) one fetched for this request: `fetched` then
+    def apply(
+        self, headers: Headers, *, authenticate: bool = True
+    ) -> object | None | Pending[object | None]:
+        """The cached token, or (pending) one fetched for this request: `fetched` then
         tells the CSRF step that a rejection cannot be blamed on a stale entry."""
         if not authenticate:
             return None
         value = self._deps.token_cache.peek(self.key)
         if value is None:
-            token: BearerToken = yield self.token()
-            set_header(headers, AUTHORIZATION, b"Bearer " + token.value.encode())
-            return token
+            return Pending(self._fetch_and_apply(headers))
         cached = self._cached
         if cached is None or cached[0].value is not value:
             field = b"Bearer " + value.encode()
@@ -82,6 +82,11 @@ class OAuthStrategy:
             return self._cached[0]
         put_header(headers, AUTHORIZATION, cached[1])
         return cached[0]
+
+    async def _fetch_and_apply(self, headers: Headers) -> object | None:
+        token = await self.token()
+        set_header(headers, AUTHORIZATION, b"Bearer " + token.value.encode())
+        return token
 
     def invalidate(self, applied: object | None) -> None:
         if isinstance(applied, BearerToken):

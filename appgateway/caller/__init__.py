@@ -1,9 +1,9 @@
 """Caller authorization (`--caller-auth`): who may spend an Application's credentials.
 
 One interface, one factory. The request engine calls `authorize` once per request, after
-routing has named the Application and before any token fetch or upstream call, and drives
-the flow it returns as it drives the credential flows (appgateway/flow.py): a cached decision
-returns without yielding, so it costs no task; a review yields and is finished in a coroutine.
+routing has named the Application and before any token fetch or upstream call, as it applies
+credentials (appgateway/flow.py): a cached decision comes back at once, so it costs no task;
+one that needs a review comes back `Pending`, for the request's prelude to await.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Protocol, assert_never
 
 from appgateway.config import ConfigurationError, Settings
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.metrics import Metrics
 
 __all__ = ["CallerAuth", "make_caller_auth"]
 
 
 class CallerAuth(Protocol):
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> Flow[str]:
+    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
         """The caller's identity name when it may use `application`'s credentials; raises
         CallerUnauthenticated (407), CallerForbidden (403) or CallerAuthUnavailable (503).
 

@@ -26,7 +26,7 @@ from appgateway.caller.outcome import Outcomes, forbidden
 from appgateway.caller.reviews import Caller, Json, Rejected
 from appgateway.config import Settings, kubernetes_service_address
 from appgateway.errors import CallerAuthUnavailable, CallerUnauthenticated, GatewayError
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.metrics import Metrics
 from appgateway.registry.kubeclient import ApiError, KubeClient, load_auth
 
@@ -101,32 +101,52 @@ class KubernetesCallerAuth:
             await asyncio.gather(task, return_exceptions=True)
         await self.client.close()
 
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> Flow[str]:
-        """The caller's identity name when it may use `application`'s credentials. Yields
-        only for a review; with both answers cached it returns without yielding."""
+    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
+        """The caller's identity name when it may use `application`'s credentials; pending
+        only when a review is needed (both answers cached: at once)."""
         try:
             token = bearer.presented_token(proxy_authorization)
             key = self._token_key(token)
             reviewed = self._tokens.peek(key)
             if reviewed is None:
                 bearer.check_token(token)
-                reviewed = yield self._tokens.get(key, lambda: self._review_token(token))
-            if isinstance(reviewed, Rejected):
-                raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
-            caller: Caller = reviewed
-            access_key = (caller.key, application)
-            allowed = self._access.peek(access_key)
-            if allowed is None:
-                allowed = yield self._access.get(
-                    access_key, lambda: self._review_access(caller, application)
-                )
-            if not allowed:
-                raise forbidden(caller.name, application)
+                return Pending(self._authorize_after_review(token, key, None, application))
+            if isinstance(reviewed, Caller):
+                allowed = self._access.peek((reviewed.key, application))
+                if allowed is None:
+                    return Pending(self._authorize_after_review(token, key, reviewed, application))
+            else:
+                allowed = False
+            return self._decided(reviewed, allowed, application)
         except GatewayError as error:
             self._outcomes.failed(error)
             raise
+
+    async def _authorize_after_review(
+        self, token: bytes, key: bytes, reviewed: Caller | Rejected | None, application: str
+    ) -> str:
+        try:
+            if reviewed is None:
+                reviewed = await self._tokens.get(key, lambda: self._review_token(token))
+            allowed = False
+            if isinstance(reviewed, Caller):
+                caller = reviewed
+                allowed = await self._access.get(
+                    (caller.key, application), lambda: self._review_access(caller, application)
+                )
+            return self._decided(reviewed, allowed, application)
+        except GatewayError as error:
+            self._outcomes.failed(error)
+            raise
+
+    def _decided(self, reviewed: Caller | Rejected, allowed: bool, application: str) -> str:
+        """The decision once both answers are in (raises; counted by the caller)."""
+        if isinstance(reviewed, Rejected):
+            raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
+        if not allowed:
+            raise forbidden(reviewed.name, application)
         self._outcomes.allowed.inc()
-        return caller.name
+        return reviewed.name
 
     async def _review_token(self, token: bytes) -> tuple[Caller | Rejected, float]:
         text = token.decode("ascii")  # check_token allowed only token68 characters

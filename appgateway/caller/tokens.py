@@ -23,7 +23,7 @@ from appgateway.caller.outcome import Outcomes, forbidden
 from appgateway.caller.tokenfile import TokenFileError, TokenTable, parse_tokens
 from appgateway.config import ConfigurationError
 from appgateway.errors import CallerUnauthenticated, GatewayError
-from appgateway.flow import Flow
+from appgateway.flow import Pending
 from appgateway.metrics import Metrics
 
 log = logging.getLogger("appgateway.caller")
@@ -67,8 +67,8 @@ class TokensCallerAuth:
             except TimeoutError:
                 pass  # wait_for has cancelled it
 
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> Flow[str]:
-        """Never yields: the table is in memory."""
+    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
+        """Never pending: the table is in memory."""
         try:
             token = bearer.bearer_token(proxy_authorization)
             entry = self.table.find(hashlib.sha256(token).digest())
@@ -81,7 +81,6 @@ class TokensCallerAuth:
             raise
         self._outcomes.allowed.inc()
         return entry.name
-        yield  # pragma: no cover - makes this a generator, the shape the engine drives
 
     def _read(self) -> tuple[bytes, TokenTable | str]:
         """The file's bytes and its table, or why it cannot be used (in a thread)."""

@@ -12,7 +12,7 @@ from appgateway.auth.deps import AuthDeps
 from appgateway.auth.flows import CsrfToken
 from appgateway.auth.oauth import BearerToken
 from appgateway.errors import GatewayError, TokenError, TokenErrorMTLS
-from appgateway.flow import drive
+from appgateway.flow import settle
 from appgateway.model import BasicAuth, CertificateAuth, Credentials, Headers, OAuth, OAuthMTLS
 from tests.auth.conftest import Pki, Seen, Server, TokenIssuer, header_values, make_api
 
@@ -83,7 +83,7 @@ async def test_basic_exact_fetch_and_api_headers(
         (b"X-Other", b"o"),
         (b"Cookie", b"b=2"),
     ]
-    applied = await drive(s.apply(headers))
+    applied = await settle(s.apply(headers))
     assert headers == [
         (b"Cookie", b"sap-XSRF=x1; SAP_SESSIONID=s1; a=1; b=2"),
         (b"X-Csrf-Token", b"c1"),
@@ -110,10 +110,10 @@ async def test_csrf_token_is_reused_and_fetched_once_when_cold(
     endpoints[1].delay = 0.05
     s = strategy(deps, ALICE, server.url("/csrf"))
     lists: list[Headers] = [[] for _ in range(20)]
-    await asyncio.gather(*(drive(s.apply(h)) for h in lists))
+    await asyncio.gather(*(settle(s.apply(h)) for h in lists))
     for _ in range(10):
         lists.append([])
-        await drive(s.apply(lists[-1]))
+        await settle(s.apply(lists[-1]))
     assert server.paths() == ["/csrf"]
     assert all(header_values(h, b"x-csrf-token") == [b"c1"] for h in lists)
     assert count(deps, "appgateway_cache_lookups_total", cache="csrf", result="hit") == 10
@@ -129,7 +129,7 @@ async def test_no_cookies_means_no_cookie_header(
     server.routes["/csrf"] = bare
     s = strategy(deps, ALICE, server.url("/csrf"))
     headers: Headers = [(b"Cookie", b""), (b"X-CSRF-Token", b"mine")]
-    await drive(s.apply(headers))
+    await settle(s.apply(headers))
     assert headers == [(b"X-Csrf-Token", b""), (b"Authorization", BASIC_ALICE)]
 
 
@@ -138,7 +138,7 @@ async def test_oauth_token_then_csrf(
 ) -> None:
     s = strategy(deps, oauth(server), server.url("/csrf"))
     headers: Headers = []
-    applied = await drive(s.apply(headers))
+    applied = await settle(s.apply(headers))
     assert server.paths() == ["/token", "/csrf"]
     assert auth_of(server.seen[1]) == [b"Bearer t1"]
     assert headers == [
@@ -155,11 +155,11 @@ async def test_csrf_401_with_cached_token_refreshes_it_once(
 ) -> None:
     _, csrf = endpoints
     plain = make_strategy(make_api(oauth(server)), deps)  # same credentials, no CSRF
-    assert await drive(plain.apply([])) == BearerToken("t1", True)
+    assert await settle(plain.apply([])) == BearerToken("t1", True)
     csrf.reject.add(b"Bearer t1")  # the CSRF endpoint no longer accepts the cached token
     s = strategy(deps, oauth(server), server.url("/csrf"))
     headers: Headers = []
-    applied = await drive(s.apply(headers))
+    applied = await settle(s.apply(headers))
     assert server.paths() == ["/token", "/csrf", "/token", "/csrf"]
     assert auth_of(server.seen[1]) == [b"Bearer t1"]
     assert auth_of(server.seen[3]) == [b"Bearer t2"]
@@ -167,7 +167,9 @@ async def test_csrf_401_with_cached_token_refreshes_it_once(
     assert header_values(headers, b"x-csrf-token") == [b"c1"]
     assert isinstance(applied, CsrfApplied)
     assert isinstance(applied.inner, BearerToken) and applied.inner.value == "t2"
-    assert await drive(plain.apply([])) == BearerToken("t2", False)  # the refreshed token is shared
+    assert await settle(plain.apply([])) == BearerToken(
+        "t2", False
+    )  # the refreshed token is shared
     assert len(server.seen) == 4
 
 
@@ -177,7 +179,7 @@ async def test_csrf_401_with_fresh_token_is_not_retried(
     endpoints[1].status = 401
     s = strategy(deps, oauth(server), server.url("/csrf?q=secret"))
     with pytest.raises(TokenError) as info:
-        await drive(s.apply([]))
+        await settle(s.apply([]))
     assert info.value.status == 502
     assert info.value.message == (
         f"incorrect response code '401' while getting token from {server.url('/csrf')}"
@@ -188,11 +190,11 @@ async def test_csrf_401_with_fresh_token_is_not_retried(
 async def test_csrf_403_twice_with_cached_token(
     server: Server, deps: AuthDeps, endpoints: tuple[TokenIssuer, CsrfEndpoint]
 ) -> None:
-    await drive(make_strategy(make_api(oauth(server)), deps).apply([]))
+    await settle(make_strategy(make_api(oauth(server)), deps).apply([]))
     endpoints[1].status = 403
     s = strategy(deps, oauth(server), server.url("/csrf"))
     with pytest.raises(TokenError) as info:
-        await drive(s.apply([]))
+        await settle(s.apply([]))
     assert info.value.message == (
         f"incorrect response code '403' while getting token from {server.url('/csrf')}"
     )
@@ -231,13 +233,13 @@ async def test_csrf_failures_are_502(
         credentials = OAuthMTLS(server.url("/token"), "client", pki.client.client_cert())
     s = strategy(deps, credentials, url)
     with pytest.raises(TokenError) as info:
-        await drive(s.apply([]))
+        await settle(s.apply([]))
     assert (info.value.status, info.value.message) == (502, reason)
     assert count(deps, "appgateway_csrf_fetches_total", result="error") == 1
     # Not cached: the next request tries again.
     csrf.status, csrf.delay = 200, 0.0
     if kind != "refused":
-        await drive(s.apply([]))
+        await settle(s.apply([]))
         assert count(deps, "appgateway_csrf_fetches_total", result="ok") == 1
 
 
@@ -255,7 +257,7 @@ async def test_token_failure_skips_the_csrf_endpoint(
         credentials = OAuthMTLS(server.url("/token"), "client", pki.client.client_cert())
     s = strategy(deps, credentials, server.url("/csrf"))
     with pytest.raises(GatewayError) as info:
-        await drive(s.apply([]))
+        await settle(s.apply([]))
     expected = f"incorrect response code '400' while getting token from {server.url('/token')}"
     if mtls:
         assert isinstance(info.value, TokenErrorMTLS)
@@ -273,7 +275,7 @@ async def test_access_token_override_still_authenticates_the_fetch(
     for credentials, expected in ((oauth(server), b"Bearer t1"), (ALICE, BASIC_ALICE)):
         s = strategy(deps, credentials, server.url("/csrf"))
         headers: Headers = [(b"Authorization", b"Bearer caller")]
-        applied = await drive(s.apply(headers, authenticate=False))
+        applied = await settle(s.apply(headers, authenticate=False))
         assert headers[0] == (b"Authorization", b"Bearer caller")
         assert header_values(headers, b"authorization") == [b"Bearer caller"]
         assert isinstance(applied, CsrfApplied) and applied.inner is None
@@ -287,11 +289,11 @@ async def test_invalidate_drops_both_compare_and_invalidate(
     s = strategy(deps, oauth(server), server.url("/csrf"))
     caller: Headers = [(b"Cookie", b"a=1")]
     first = list(caller)
-    applied = await drive(s.apply(first))
+    applied = await settle(s.apply(first))
     s.invalidate(applied)
     # The retry of behaviour.md §8: the first attempt's headers, authenticated again.
     second = list(first)
-    again = await drive(s.apply(second))
+    again = await settle(s.apply(second))
     assert second == [
         (b"Cookie", b"sap-XSRF=x2; SAP_SESSIONID=s2; a=1"),
         (b"Authorization", b"Bearer t2"),
@@ -299,7 +301,7 @@ async def test_invalidate_drops_both_compare_and_invalidate(
     ]
     s.invalidate(applied)  # late 401s for the old values change nothing
     s.invalidate(None)
-    await drive(s.apply([]))
+    await settle(s.apply([]))
     assert server.paths() == ["/token", "/csrf", "/token", "/csrf"]
     assert again != applied
 
@@ -308,10 +310,10 @@ async def test_csrf_entries_belong_to_one_credential(
     server: Server, deps: AuthDeps, endpoints: tuple[TokenIssuer, CsrfEndpoint]
 ) -> None:
     url = server.url("/csrf")
-    await drive(strategy(deps, ALICE, url).apply([]))
-    await drive(strategy(deps, BasicAuth("bob", "pw"), url).apply([]))
-    await drive(strategy(deps, ALICE, url).apply([]))
-    await drive(strategy(deps, ALICE, server.url("/csrf?other")).apply([]))
+    await settle(strategy(deps, ALICE, url).apply([]))
+    await settle(strategy(deps, BasicAuth("bob", "pw"), url).apply([]))
+    await settle(strategy(deps, ALICE, url).apply([]))
+    await settle(strategy(deps, ALICE, server.url("/csrf?other")).apply([]))
     assert [auth_of(seen)[0] for seen in server.seen] == [
         BASIC_ALICE,
         b"Basic Ym9iOnB3",
@@ -329,7 +331,7 @@ async def test_certificate_csrf_fetch_presents_the_certificate(
     assert isinstance(s, CsrfStrategy)
     assert s.client_cert == cert
     headers: Headers = [(b"Authorization", b"Bearer caller")]
-    await drive(s.apply(headers))
+    await settle(s.apply(headers))
     assert headers[:2] == [(b"Authorization", b"Bearer caller"), (b"X-Csrf-Token", b"c1")]
     [seen] = mtls_server.seen
     assert seen.peer_cn == "client"
@@ -344,7 +346,7 @@ async def test_certificate_csrf_rejected_without_matching_certificate(
         CertificateAuth(pki.stranger.client_cert()), mtls_server.url("/csrf"), skip_verify=True
     )
     with pytest.raises(TokenError) as info:
-        await drive(make_strategy(api, deps).apply([]))
+        await settle(make_strategy(api, deps).apply([]))
     assert info.value.message.startswith(
         f"failed to make a request to '{mtls_server.url('/csrf')}': "
     )

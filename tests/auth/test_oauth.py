@@ -10,7 +10,7 @@ import pytest
 from appgateway.auth.deps import AuthDeps
 from appgateway.auth.oauth import BearerToken, OAuthStrategy
 from appgateway.errors import GatewayError, TokenError, TokenErrorMTLS
-from appgateway.flow import drive
+from appgateway.flow import settle
 from appgateway.model import Headers, OAuth, OAuthMTLS
 from tests.auth.conftest import FakeClock, Pki, Seen, Server, TokenIssuer
 
@@ -40,7 +40,7 @@ async def test_exact_token_request_and_bearer(server: Server, deps: AuthDeps) ->
     )
     strategy = OAuthStrategy(credentials, skip_verify=False, deps=deps)
     headers: Headers = [(b"X-Request-Id", b"r1"), (b"authorization", b"Basic caller")]
-    applied = await drive(strategy.apply(headers))
+    applied = await settle(strategy.apply(headers))
     assert headers == [(b"X-Request-Id", b"r1"), (b"Authorization", b"Bearer t1")]
     assert applied == BearerToken("t1", fetched=True)
     body = b"client_id=orders-client&client_secret=s%26cret&grant_type=client_credentials"
@@ -67,7 +67,7 @@ async def test_token_is_reused(server: Server, deps: AuthDeps) -> None:
     results = []
     for _ in range(10):
         headers: Headers = []
-        results.append(await drive(strategy.apply(headers)))
+        results.append(await settle(strategy.apply(headers)))
         assert headers == [(b"Authorization", b"Bearer t1")]
     assert len(server.seen) == 1  # measured: 10 applies -> 1 token request
     assert results[0] == BearerToken("t1", fetched=True)
@@ -82,7 +82,7 @@ async def test_concurrent_cold_applies_make_one_request(server: Server, deps: Au
     issuer.delay = 0.05
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
     header_lists: list[Headers] = [[] for _ in range(50)]
-    applied = await asyncio.gather(*(drive(strategy.apply(h)) for h in header_lists))
+    applied = await asyncio.gather(*(settle(strategy.apply(h)) for h in header_lists))
     assert len(server.seen) == 1  # measured: 50 concurrent cold applies -> 1 token request
     assert applied == [BearerToken("t1", fetched=True)] * 50
     assert all(h == [(b"Authorization", b"Bearer t1")] for h in header_lists)
@@ -97,9 +97,9 @@ async def test_strategies_with_equal_credentials_share_tokens(
     rotated = OAuthStrategy(
         OAuth(server.url("/token"), "orders-client", "rotated"), skip_verify=False, deps=deps
     )
-    assert await drive(first.apply([])) == BearerToken("t1", True)
-    assert await drive(second.apply([])) == BearerToken("t1", False)
-    assert await drive(rotated.apply([])) == BearerToken("t2", True)
+    assert await settle(first.apply([])) == BearerToken("t1", True)
+    assert await settle(second.apply([])) == BearerToken("t1", False)
+    assert await settle(rotated.apply([])) == BearerToken("t2", True)
     assert len(server.seen) == 2
 
 
@@ -122,34 +122,34 @@ async def test_renewal_after_expiry(
     server.routes["/token"] = TokenIssuer(expires_in)
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
     start = clock.now
-    assert await drive(strategy.apply([])) == BearerToken("t1", True)
+    assert await settle(strategy.apply([])) == BearerToken("t1", True)
     clock.now = start + still_valid
-    assert await drive(strategy.apply([])) == BearerToken("t1", False)
+    assert await settle(strategy.apply([])) == BearerToken("t1", False)
     clock.now = start + renewed
-    assert await drive(strategy.apply([])) == BearerToken("t2", True)
+    assert await settle(strategy.apply([])) == BearerToken("t2", True)
     assert len(server.seen) == 2
 
 
 async def test_short_lifetime_serves_only_its_request(server: Server, deps: AuthDeps) -> None:
     server.routes["/token"] = TokenIssuer(expires_in=2)  # 2 - max(2, 0.2) = 0
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
-    assert await drive(strategy.apply([])) == BearerToken("t1", True)
-    assert await drive(strategy.apply([])) == BearerToken("t2", True)
+    assert await settle(strategy.apply([])) == BearerToken("t1", True)
+    assert await settle(strategy.apply([])) == BearerToken("t2", True)
 
 
 async def test_invalidate_then_refetch(server: Server, deps: AuthDeps) -> None:
     server.routes["/token"] = TokenIssuer()
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
-    old = await drive(strategy.apply([]))
+    old = await settle(strategy.apply([]))
     # Twenty concurrent 401s for the same token: one refetch.
     for _ in range(20):
         strategy.invalidate(old)
     headers: Headers = [(b"Authorization", b"Bearer t1")]
-    assert await drive(strategy.apply(headers)) == BearerToken("t2", True)
+    assert await settle(strategy.apply(headers)) == BearerToken("t2", True)
     assert headers == [(b"Authorization", b"Bearer t2")]
     strategy.invalidate(old)  # a late 401 for t1 leaves t2 alone
     strategy.invalidate(None)
-    assert await drive(strategy.apply([])) == BearerToken("t2", False)
+    assert await settle(strategy.apply([])) == BearerToken("t2", False)
     assert len(server.seen) == 2
 
 
@@ -157,7 +157,7 @@ async def test_access_token_override_fetches_nothing(server: Server, deps: AuthD
     server.routes["/token"] = TokenIssuer()
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
     headers: Headers = [(b"Authorization", b"Bearer from-caller")]
-    assert await drive(strategy.apply(headers, authenticate=False)) is None
+    assert await settle(strategy.apply(headers, authenticate=False)) is None
     assert headers == [(b"Authorization", b"Bearer from-caller")]
     assert server.seen == []
 
@@ -173,7 +173,7 @@ async def _failure(
         credentials = OAuth(token_url, "orders-client", "s&cret")
     strategy = OAuthStrategy(credentials, skip_verify=False, deps=deps)
     with pytest.raises(GatewayError) as info:
-        await drive(strategy.apply([]))
+        await settle(strategy.apply([]))
     return info.value
 
 
@@ -249,16 +249,16 @@ async def test_failure_is_not_cached(server: Server, deps: AuthDeps) -> None:
     issuer.status = 503
     strategy = OAuthStrategy(oauth(server), skip_verify=False, deps=deps)
     with pytest.raises(TokenError):
-        await drive(strategy.apply([]))
+        await settle(strategy.apply([]))
     issuer.status = 200
-    assert await drive(strategy.apply([])) == BearerToken("t1", True)
+    assert await settle(strategy.apply([])) == BearerToken("t1", True)
     assert len(server.seen) == 2
 
 
 async def test_bad_token_url_is_a_request_failure(deps: AuthDeps) -> None:
     strategy = OAuthStrategy(OAuth("ftp://h/token", "i", "s"), skip_verify=False, deps=deps)
     with pytest.raises(TokenError) as info:
-        await drive(strategy.apply([]))
+        await settle(strategy.apply([]))
     assert (
         info.value.message
         == "failed to make a request to 'ftp://h/token': unsupported scheme \"ftp\""
@@ -270,7 +270,7 @@ async def _mtls_token(server: Server, deps: AuthDeps, pki: Pki, verify: bool) ->
     credentials = OAuthMTLS(server.url("/token"), "orders client", pki.client.client_cert())
     strategy = OAuthStrategy(credentials, skip_verify=not verify, deps=deps)
     headers: Headers = []
-    assert await drive(strategy.apply(headers)) == BearerToken("t1", True)
+    assert await settle(strategy.apply(headers)) == BearerToken("t1", True)
     assert headers == [(b"Authorization", b"Bearer t1")]
     assert strategy.client_cert is None  # the API request gets no client certificate
     [seen] = server.seen
@@ -317,7 +317,7 @@ async def test_mtls_rejected_client_certificate(
     credentials = OAuthMTLS(mtls_server.url("/token"), "c", pki.stranger.client_cert())
     strategy = OAuthStrategy(credentials, skip_verify=True, deps=deps)
     with pytest.raises(TokenErrorMTLS) as info:
-        await drive(strategy.apply([]))
+        await settle(strategy.apply([]))
     prefix = f"Failed to get token: failed to make a request to '{mtls_server.url('/token')}': "
     assert info.value.message.startswith(prefix)
     assert len(info.value.message) > len(prefix)
@@ -329,10 +329,10 @@ async def test_oauth_over_https_follows_skip_verify(tls_server: Server, deps: Au
     tls_server.routes["/token"] = TokenIssuer()
     verified = OAuthStrategy(oauth(tls_server), skip_verify=False, deps=deps)
     with pytest.raises(TokenError) as info:
-        await drive(verified.apply([]))
+        await settle(verified.apply([]))
     assert "TLS handshake failed: certificate verify failed" in info.value.message
     skipped = OAuthStrategy(oauth(tls_server), skip_verify=True, deps=deps)
-    assert await drive(skipped.apply([])) == BearerToken("t1", True)
+    assert await settle(skipped.apply([])) == BearerToken("t1", True)
 
 
 async def test_logs_hold_no_secret_token_or_query(
@@ -341,11 +341,11 @@ async def test_logs_hold_no_secret_token_or_query(
     issuer = server.routes["/token"] = TokenIssuer()
     strategy = OAuthStrategy(oauth(server, "/token?q=hidden"), skip_verify=False, deps=deps)
     with caplog.at_level(logging.DEBUG, logger="appgateway.auth"):
-        await drive(strategy.apply([]))
+        await settle(strategy.apply([]))
         issuer.status = 400
         strategy.invalidate(BearerToken("t1", True))
         with pytest.raises(TokenError):
-            await drive(strategy.apply([]))
+            await settle(strategy.apply([]))
     records = [r for r in caplog.records if r.name == "appgateway.auth"]
     assert [r.levelname for r in records] == ["DEBUG", "WARNING"]
     text = " ".join(f"{r.getMessage()} {r.__dict__.get('fields')}" for r in records)

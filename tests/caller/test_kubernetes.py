@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
+from appgateway import flow
 from appgateway.caller.bearer import jwt_expiry
 from appgateway.caller.kubernetes import KubernetesCallerAuth
 from appgateway.caller.reviews import ACCESS_REVIEWS, TOKEN_REVIEWS
 from appgateway.errors import CallerAuthUnavailable, CallerForbidden, CallerUnauthenticated
-from appgateway.flow import Suspended, begin, drive
+from appgateway.flow import Pending
 from appgateway.metrics import Metrics
 from appgateway.registry.kubeclient import KubeClient, load_auth
 from tests.caller.conftest import lines, log_text
@@ -196,18 +197,18 @@ async def test_granted_callers_get_their_applications_only(
     erp, crm = unique("erp"), unique("crm")
     await caller.grant(erp)
     token = caller.token("appgateway")
-    assert await drive(auth.authorize(token, erp)) == caller.user
+    assert await flow.settle(auth.authorize(token, erp)) == caller.user
     with pytest.raises(CallerForbidden) as info:
-        await drive(auth.authorize(token, crm))
+        await flow.settle(auth.authorize(token, crm))
     assert (
         info.value.message
         == f"caller {caller.user} may not use the credentials of application {crm}"
     )
     assert (reviews(proxy, TOKEN_REVIEWS), reviews(proxy, ACCESS_REVIEWS)) == (1, 2)
     # Cached: both decisions again without a review, and the allowed one without yielding.
-    assert begin(auth.authorize(token, erp)) == caller.user
+    assert auth.authorize(token, erp) == caller.user
     with pytest.raises(CallerForbidden):
-        begin(auth.authorize(token, crm))
+        auth.authorize(token, crm)
     assert (reviews(proxy, TOKEN_REVIEWS), reviews(proxy, ACCESS_REVIEWS)) == (1, 2)
     assert counts(metrics) == {"allowed": 2, "denied": 2, "unauthenticated": 0, "unavailable": 0}
 
@@ -221,12 +222,12 @@ async def test_grants_are_per_application_and_verb(
     await reader.grant(erp, verbs=("get",))  # reading the Application is not using it
     await user.grant(erp, crm)
     with pytest.raises(CallerForbidden):
-        await drive(auth.authorize(reader.token("appgateway"), erp))
+        await flow.settle(auth.authorize(reader.token("appgateway"), erp))
     token = user.token("appgateway")
-    assert await drive(auth.authorize(token, erp)) == user.user
-    assert await drive(auth.authorize(token, crm)) == user.user
+    assert await flow.settle(auth.authorize(token, erp)) == user.user
+    assert await flow.settle(auth.authorize(token, crm)) == user.user
     with pytest.raises(CallerForbidden):
-        await drive(auth.authorize(token, hr))
+        await flow.settle(auth.authorize(token, hr))
 
 
 async def test_tokens_for_another_audience_are_407(
@@ -247,7 +248,7 @@ async def test_tokens_for_another_audience_are_407(
     static = b"Bearer " + SA_TOKEN.encode()  # audience-less token of the gateway itself
     for token in (other, default, static, b"Bearer not-a-token"):
         with pytest.raises(CallerUnauthenticated) as info:
-            await drive(auth.authorize(token, erp))
+            await flow.settle(auth.authorize(token, erp))
         assert info.value.message == "Proxy-Authorization: the Bearer token was not accepted"
         assert info.value.status == 407
         assert info.value.response_headers == (
@@ -257,12 +258,12 @@ async def test_tokens_for_another_audience_are_407(
     assert reviews(proxy, ACCESS_REVIEWS) == 0
     # A rejected token is remembered (10 s): no second review.
     with pytest.raises(CallerUnauthenticated):
-        begin(auth.authorize(other, erp))
+        auth.authorize(other, erp)
     assert reviews(proxy, TOKEN_REVIEWS) == 4
     # Malformed or missing: 407 without asking anyone.
     for value in (None, b"Basic YWxpY2U6czNjcmV0", b"Bearer a,b", b"Bearer " + b"x" * 9000):
         with pytest.raises(CallerUnauthenticated):
-            begin(auth.authorize(value, erp))
+            auth.authorize(value, erp)
     assert reviews(proxy, TOKEN_REVIEWS) == 4
     assert counts(metrics)["unauthenticated"] == 9
     rejected = lines(caplog, "caller token rejected")
@@ -294,14 +295,14 @@ async def test_a_deleted_service_account_stops_access_within_the_ttl(
     erp = unique("erp")
     await caller.grant(erp)
     token = caller.token("appgateway")
-    assert await drive(auth.authorize(token, erp)) == caller.user
+    assert await flow.settle(auth.authorize(token, erp)) == caller.user
     objects.delete(caller.account)
     deleted = time.monotonic()
     await settle(lambda: not accepted(kube, token), within=20)
     rejected = time.monotonic()
     while True:
         try:
-            await drive(auth.authorize(token, erp))
+            await flow.settle(auth.authorize(token, erp))
         except CallerUnauthenticated:
             break
         assert time.monotonic() - rejected < ttl + 1.0, "still allowed after the TTL"
@@ -322,12 +323,12 @@ async def test_a_deleted_binding_stops_access_within_the_ttl(
     erp = unique("erp")
     binding = await caller.grant(erp)
     token = caller.token("appgateway")
-    assert await drive(auth.authorize(token, erp)) == caller.user
+    assert await flow.settle(auth.authorize(token, erp)) == caller.user
     objects.delete(binding)
     deleted = time.monotonic()
     while True:
         try:
-            await drive(auth.authorize(token, erp))
+            await flow.settle(auth.authorize(token, erp))
         except CallerForbidden:
             break
         assert time.monotonic() - deleted < ttl + 2.0, "still allowed after the TTL"
@@ -350,12 +351,12 @@ async def test_a_decision_is_not_reused_past_the_token_expiry(
     expiry = jwt_expiry(token.split(b" ")[1])
     assert expiry is not None
     ahead[0] = expiry - time.time() - 1.5
-    assert await drive(auth.authorize(token, erp)) == caller.user
-    assert begin(auth.authorize(token, erp)) == caller.user  # cached for now
+    assert await flow.settle(auth.authorize(token, erp)) == caller.user
+    assert auth.authorize(token, erp) == caller.user  # cached for now
     await asyncio.sleep(1.6)
-    started = begin(auth.authorize(token, erp))
-    assert isinstance(started, Suspended)  # expired: reviewed again
-    assert await started.finish() == caller.user
+    started = auth.authorize(token, erp)
+    assert isinstance(started, Pending)  # expired: reviewed again
+    assert await started.work == caller.user
     assert reviews(proxy, TOKEN_REVIEWS) == 2
 
 
@@ -374,26 +375,26 @@ async def test_an_unreachable_api_server_keeps_cached_decisions_and_fails_closed
     await known.grant(erp)
     await unknown.grant(erp)
     token, other = known.token("appgateway"), unknown.token("appgateway")
-    assert await drive(auth.authorize(token, erp)) == known.user
+    assert await flow.settle(auth.authorize(token, erp)) == known.user
     with pytest.raises(CallerForbidden):
-        await drive(auth.authorize(token, crm))
+        await flow.settle(auth.authorize(token, crm))
     await proxy.down()
     # Cached decisions keep working, without a task...
     for _ in range(3):
-        assert begin(auth.authorize(token, erp)) == known.user
+        assert auth.authorize(token, erp) == known.user
         with pytest.raises(CallerForbidden):
-            begin(auth.authorize(token, crm))
+            auth.authorize(token, crm)
     # ...and whatever needs the API server is a 503: an unknown token, an unasked Application.
     for value, app in ((other, erp), (token, hr)):
         with pytest.raises(CallerAuthUnavailable) as info:
-            await drive(auth.authorize(value, app))
+            await flow.settle(auth.authorize(value, app))
         assert info.value.status == 503
         assert info.value.message == (
             "caller authorization is unavailable: the Kubernetes API did not answer"
         )
     # Failures are not remembered: the next call asks again (and fails again).
     with pytest.raises(CallerAuthUnavailable):
-        await drive(auth.authorize(other, erp))
+        await flow.settle(auth.authorize(other, erp))
     assert counts(metrics) == {"allowed": 4, "denied": 4, "unauthenticated": 0, "unavailable": 3}
     (line,) = lines(caplog, "caller authorization unavailable")  # one line per 10 s
     assert line.levelno == logging.WARNING
@@ -410,7 +411,7 @@ async def test_concurrent_first_calls_share_one_review_each(
     await caller.grant(erp)
     token = caller.token("appgateway")
     started = time.monotonic()
-    results = await asyncio.gather(*(drive(auth.authorize(token, erp)) for _ in range(500)))
+    results = await asyncio.gather(*(flow.settle(auth.authorize(token, erp)) for _ in range(500)))
     took = time.monotonic() - started
     assert results == [caller.user] * 500
     assert reviews(proxy, TOKEN_REVIEWS) == 1
@@ -421,7 +422,7 @@ async def test_concurrent_first_calls_share_one_review_each(
     )
     text = metrics.render().decode()
     assert 'appgateway_cache_lookups_total{cache="caller_token",result="miss"} 500.0' in text
-    assert begin(auth.authorize(token, erp)) == caller.user
+    assert auth.authorize(token, erp) == caller.user
     text = metrics.render().decode()
     assert 'appgateway_cache_lookups_total{cache="caller_token",result="hit"} 1.0' in text
     assert 'appgateway_cache_lookups_total{cache="caller_access",result="hit"} 1.0' in text
@@ -438,7 +439,7 @@ async def test_the_cold_path_takes_two_reviews(
     for n, app in enumerate(apps):  # a new token and a new Application: nothing cached
         token = caller.token("appgateway", seconds=3600 + n)  # (same second, same claims)
         started = time.perf_counter()
-        assert await drive(auth.authorize(token, app)) == caller.user
+        assert await flow.settle(auth.authorize(token, app)) == caller.user
         samples.append(time.perf_counter() - started)
     assert (reviews(proxy, TOKEN_REVIEWS), reviews(proxy, ACCESS_REVIEWS)) == (5, 5)
     samples.sort()
@@ -458,7 +459,7 @@ async def test_a_gateway_without_auth_delegator_is_told_why(
     assert errors and "system:auth-delegator" in errors[0].fields["fix"]  # type: ignore[attr-defined]
     caller = Caller(kube, objects)
     with pytest.raises(CallerAuthUnavailable):
-        await drive(auth.authorize(caller.token("appgateway"), "erp"))
+        await flow.settle(auth.authorize(caller.token("appgateway"), "erp"))
     (line,) = lines(caplog, "caller authorization unavailable")
     assert line.fields["error"].startswith("403 Forbidden")  # type: ignore[attr-defined]
     assert line.fields["review"] == "tokenreviews"  # type: ignore[attr-defined]

@@ -16,7 +16,6 @@ import pytest
 from appgateway.caller.tokens import TokensCallerAuth
 from appgateway.config import ConfigurationError
 from appgateway.errors import CallerForbidden, CallerUnauthenticated
-from appgateway.flow import begin
 from appgateway.metrics import Metrics
 from tests.caller.conftest import lines, log_text
 
@@ -39,7 +38,7 @@ def bearer(token: str) -> bytes:
 
 def decide(auth: TokensCallerAuth, token: str | None, app: str) -> str:
     """One decision, which must finish without yielding (tokens mode never waits)."""
-    result = begin(auth.authorize(None if token is None else bearer(token), app))
+    result = auth.authorize(None if token is None else bearer(token), app)
     assert isinstance(result, str)
     return result
 
@@ -95,7 +94,7 @@ async def test_decisions(started: Start, tmp_path: Path) -> None:
     with pytest.raises(CallerUnauthenticated, match="is missing"):
         decide(auth, None, "erp")
     with pytest.raises(CallerUnauthenticated, match="scheme must be Bearer"):
-        begin(auth.authorize(b"Basic " + ALICE.encode(), "erp"))
+        auth.authorize(b"Basic " + ALICE.encode(), "erp")
     with pytest.raises(CallerUnauthenticated, match="was not accepted"):
         decide(auth, sha(ALICE), "erp")  # the digest itself is no token
     counts = {
