@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from appgateway import http1
+from appgateway import http1, transitions
 from appgateway.aio import wait_idle
 from appgateway.errors import BodyTooSlow, CallerGone, GatewayError
 from appgateway.model import Headers
@@ -30,16 +30,18 @@ ANSWERED: Final = 2  # the whole response is written
 CUT: Final = 3  # the connection was aborted mid-response
 ANSWERS: Final = ("unanswered", "answering", "answered", "cut")
 
-_ANSWER_NEXT: Final[tuple[tuple[int, ...], ...]] = (
-    (ANSWERING, ANSWERED, CUT),  # from UNANSWERED
-    (ANSWERED, CUT),  # from ANSWERING
-    (),  # from ANSWERED
-    (CUT,),  # from CUT: cutting twice changes nothing
+_ANSWER_NEXT: Final = transitions.pack(
+    (
+        (ANSWERING, ANSWERED, CUT),  # from UNANSWERED
+        (ANSWERED, CUT),  # from ANSWERING
+        (),  # from ANSWERED
+        (CUT,),  # from CUT: cutting twice changes nothing
+    )
 )
 
 
 def may_answer(current: int, new: int) -> bool:
-    return new in _ANSWER_NEXT[current]
+    return transitions.allowed(_ANSWER_NEXT, current, new)
 
 
 class Exchange:

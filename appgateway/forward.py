@@ -210,6 +210,8 @@ class Forwarder:
     # -- per request --------------------------------------------------------------------
     def _handle(self, ex: Exchange, listener: str) -> None:
         target = ex.target.decode("latin-1")
+        if "#" in target:  # (on str: `bytes in bytes` pays for a TypeError first)
+            target = target.partition("#")[0]  # a fragment is the caller's own; never sent on
         call = Call(listener, self.clock(), ex.method.decode("latin-1"), target.partition("?")[0])
         self._inflight[listener].value += 1
         fields, host, ex.request_id, looped = caller_fields(ex.headers, self._hop)

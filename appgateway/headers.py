@@ -127,7 +127,7 @@ def caller_fields(
         if low == REQUEST_ID:
             if request_id is None:
                 request_id = value
-        elif low == VIA and value.find(hop) >= 0:  # (`in` costs a TypeError: see server.py)
+        elif low == VIA and value.find(hop) >= 0:  # (`bytes in bytes` pays for a TypeError)
             looped = True
         out.append((name, value))
     return _drop_named(out, named), host, request_id, looped

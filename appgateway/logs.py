@@ -331,11 +331,13 @@ class AccessLog:
     def _stamp(self) -> str:
         """`{"ts":"…` up to the milliseconds; the part up to the second is reused."""
         now = int(time.time() * 1000)
-        second = now // 1000  # native integer arithmetic; divmod would be a generic call
+        # `//` and `%` stay native integer operations; divmod would be a generic call, and
+        # mypyc multiplies numbers this large through a slow path.
+        second = now // 1000
         if second != self._second:
             self._second = second
             self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._prefix + _MILLIS[now - second * 1000]
+        return self._prefix + _MILLIS[now % 1000]
 
     def _batch(self, line: str) -> None:
         pending = self._pending

@@ -49,6 +49,7 @@ COMPILED = (
     "appgateway.rewrite",
     "appgateway.routing",
     "appgateway.server",
+    "appgateway.transitions",
     "appgateway.tunnel",
     "appgateway.upstream",
     "appgateway.upstream_connection",

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
-from appgateway import decide, http1
+from appgateway import decide, http1, transitions
 from appgateway.auth import Applied
 from appgateway.errors import CallerGone, GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.exchange import Exchange
@@ -46,17 +46,19 @@ RELAYING: Final = 2  # the head is relayed; the body flows
 ENDED: Final = 3
 STAGES: Final = ("preparing", "sending", "relaying", "ended")
 
-_NEXT: Final[tuple[tuple[int, ...], ...]] = (
-    (SENDING, ENDED),  # from PREPARING
-    (PREPARING, RELAYING, ENDED),  # from SENDING (back: a resend, a retry)
-    (ENDED,),  # from RELAYING
-    (),  # from ENDED
+_NEXT: Final = transitions.pack(
+    (
+        (SENDING, ENDED),  # from PREPARING
+        (PREPARING, RELAYING, ENDED),  # from SENDING (back: a resend, a retry)
+        (ENDED,),  # from RELAYING
+        (),  # from ENDED
+    )
 )
 """Every move a request may make, by the stage it is in."""
 
 
 def may_move(current: int, new: int) -> bool:
-    return new in _NEXT[current]
+    return transitions.allowed(_NEXT, current, new)
 
 
 class StreamedBody:

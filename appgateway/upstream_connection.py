@@ -18,7 +18,7 @@ from typing import Final, Protocol
 
 import httptools
 
-from appgateway import failures, http1
+from appgateway import failures, http1, transitions
 from appgateway.aio import wait_idle
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.headers import lower_name
@@ -46,19 +46,21 @@ DONE: Final = 4  # the response is complete; nothing more may arrive
 CLOSED: Final = 5
 PHASES: Final = ("connecting", "idle", "waiting", "body", "done", "closed")
 
-_NEXT: Final[tuple[tuple[int, ...], ...]] = (
-    (IDLE, CLOSED),  # from CONNECTING
-    (WAITING, CLOSED),  # from IDLE
-    (BODY, DONE, CLOSED),  # from WAITING
-    (DONE, CLOSED),  # from BODY
-    (IDLE, CLOSED),  # from DONE
-    (),  # from CLOSED
+_NEXT: Final = transitions.pack(
+    (
+        (IDLE, CLOSED),  # from CONNECTING
+        (WAITING, CLOSED),  # from IDLE
+        (BODY, DONE, CLOSED),  # from WAITING
+        (DONE, CLOSED),  # from BODY
+        (IDLE, CLOSED),  # from DONE
+        (),  # from CLOSED
+    )
 )
 """Every move a connection may make, by the phase it is in."""
 
 
 def may_move(current: int, new: int) -> bool:
-    return new in _NEXT[current]
+    return transitions.allowed(_NEXT, current, new)
 
 
 class Sink(Protocol):

@@ -28,6 +28,7 @@ PURE = [
     "registry/snapshot",
     "registry/resolve",
     "decide",
+    "transitions",
     "auth/flows",
     "registry/kubeconfig",
     "caller/bearer",
