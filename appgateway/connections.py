@@ -4,10 +4,18 @@ them (--max-connections)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from appgateway.server import ClientConnection
+
+class Tracked(Protocol):
+    """What the tracker asks of a connection (server.ClientConnection)."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class ConnectionTracker:
@@ -15,12 +23,12 @@ class ConnectionTracker:
     cap them (each one holds buffers and file descriptors towards the target too)."""
 
     def __init__(self, limit: int = 0, on_refused: Callable[[int], None] | None = None) -> None:
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[Tracked] = set()
         self.draining = False
         self.limit = limit  # 0: no cap
         self.on_refused = on_refused  # told the number of open connections
 
-    def add(self, conn: ClientConnection) -> bool:
+    def add(self, conn: Tracked) -> bool:
         """False when the cap is reached: the connection is refused, not tracked."""
         if self.limit and len(self.connections) >= self.limit:
             if self.on_refused is not None:
@@ -29,7 +37,7 @@ class ConnectionTracker:
         self.connections.add(conn)
         return True
 
-    def discard(self, conn: ClientConnection) -> None:
+    def discard(self, conn: Tracked) -> None:
         self.connections.discard(conn)
 
     def close_idle(self) -> None:

@@ -33,6 +33,7 @@ COMPILED = (
     "appgateway.auth.deps",
     "appgateway.auth.flows",
     "appgateway.auth.oauth",
+    "appgateway.connections",
     "appgateway.decide",
     "appgateway.errors",
     "appgateway.exchange",

@@ -147,12 +147,14 @@ class Relay:
                 self._prelude(self._prepare(credentials))
                 return
             self.applied = credentials
-            self.request = self.fwd.build(self, None)
-            conn = self.fwd.upstream.idle(self.api.pool)
+            fwd = self.fwd
+            self.request = fwd.build(self, None)
+            now = fwd.loop_time()
+            conn = fwd.upstream.idle(self.api.pool, now)
             if conn is None:
                 self._prelude(self._connect_and_send())
                 return
-            self._send(conn, fresh=False)
+            self._send(conn, False, now)
         except GatewayError as error:
             self._fail(error)
         except Exception:
@@ -214,7 +216,7 @@ class Relay:
                 conn.abort()
                 return
             fresh = True
-        self._send(conn, fresh)
+        self._send(conn, fresh, fwd.loop_time())
         if self.stream is not None:
             await self._upload(conn, self.stream)
 
@@ -230,15 +232,15 @@ class Relay:
         await self._connect_and_send(fresh)
 
     # -- sending ---------------------------------------------------------------------------
-    def _send(self, conn: UpstreamConnection, fresh: bool) -> None:
-        """The hand-over: from here on the target's answer arrives through `pump`."""
+    def _send(self, conn: UpstreamConnection, fresh: bool, now: float) -> None:
+        """The hand-over: from here on the target's answer arrives through `pump`. `now`:
+        the loop's time (one read serves the pool and the head timeout)."""
         request = self.request
         assert request is not None
         self._to(SENDING)
         self.conn = conn
         self.fresh = fresh
         fwd = self.fwd
-        now = fwd.loop_time()
         self.sent_at = fwd.clock()
         conn.begin(request.method, self)
         stream = self.stream

@@ -18,7 +18,7 @@ from typing import Final
 import httptools
 
 from appgateway import http1
-from appgateway.aio import READ_SIZE, as_protocol
+from appgateway.aio import ReadBuffer, as_protocol
 from appgateway.connections import ConnectionTracker
 from appgateway.errors import BadRequest
 from appgateway.exchange import ANSWERED, Exchange
@@ -32,7 +32,7 @@ CLOSE_LINGER: Final = 2.0
 """Seconds a connection closed between requests keeps reading (and dropping) after its FIN."""
 WRITE_HIGH_WATER: Final = 32 * 1024
 """Bytes waiting for a caller before the relay stops reading from the target. With the
-reads of `READ_SIZE`, a download the caller stalls holds some tens of KiB here."""
+reads of `aio.READ_SIZE`, a download the caller stalls holds some tens of KiB here."""
 
 
 Handler = Callable[[Exchange], None]
@@ -52,12 +52,12 @@ class ClientConnection:
         idle_timeout: float,
         tracker: ConnectionTracker,
         body_min_rate: int = 0,
-        read_buffer: memoryview | None = None,
+        read_buffer: ReadBuffer | None = None,
         keepalive_timeout: float | None = None,
     ) -> None:
         self.loop = loop
         # Shared by the listener's connections: each read is parsed before the next one.
-        self.read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
+        self.read_buffer = ReadBuffer() if read_buffer is None else read_buffer
         self.body_min_rate = body_min_rate
         self.handler = handler
         self.request_timeout = request_timeout
@@ -104,10 +104,10 @@ class ClientConnection:
         self._arm(self.request_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.read_buffer
+        return self.read_buffer.whole
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.read_buffer[:nbytes])
+        self.data_received(self.read_buffer.filled(nbytes))
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self._broken:
@@ -129,11 +129,13 @@ class ClientConnection:
             # it ends, so one endless header would otherwise grow without limit. The budget
             # is per head: when a piece completed heads (pipelining), the head in progress
             # began inside it and starts afresh.
-            while self._in_head and len(data) > MAX_HEAD - self._head_bytes:
+            size = len(data)
+            while self._in_head and size > MAX_HEAD - self._head_bytes:
                 allowance = MAX_HEAD - self._head_bytes
                 heads = self._heads
                 self._parser.feed_data(data[:allowance])
                 data = data[allowance:]
+                size -= allowance
                 if self._broken:
                     return
                 if self._heads == heads:
@@ -141,7 +143,7 @@ class ClientConnection:
                     return
                 self._head_bytes = 0
             if self._in_head:
-                self._head_bytes += len(data)
+                self._head_bytes += size
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgrade()
@@ -461,7 +463,7 @@ async def serve(
 ) -> asyncio.Server:
     """Serve on an already bound socket (the app or the supervisor binds it)."""
 
-    read_buffer = memoryview(bytearray(READ_SIZE))
+    read_buffer = ReadBuffer()
 
     def factory() -> asyncio.Protocol:
         conn = ClientConnection(

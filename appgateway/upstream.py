@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 
 from appgateway import failures, http1
-from appgateway.aio import READ_SIZE, as_protocol
+from appgateway.aio import ReadBuffer, as_protocol
 from appgateway.decide import resend_on_fresh_connection
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.model import Headers, Target
@@ -61,7 +61,7 @@ class Upstream:
         self._sweeper: asyncio.TimerHandle | None = None
         # One read buffer for every connection (asyncio's buffered-protocol reads): the
         # parser copies what it keeps, so the next read may reuse it.
-        self._read_buffer = memoryview(bytearray(READ_SIZE))
+        self._read_buffer = ReadBuffer()
 
     def pool(
         self, target: Target, verify: bool, fingerprint: str, ctx: ssl.SSLContext | None
@@ -96,9 +96,10 @@ class Upstream:
             pool.close_idle()
         self._pools.clear()
 
-    def idle(self, pool: Pool) -> UpstreamConnection | None:
-        """A pooled connection, if one is at hand: no waiting."""
-        return pool.acquire(self._loop.time())
+    def idle(self, pool: Pool, now: float | None = None) -> UpstreamConnection | None:
+        """A pooled connection, if one is at hand: no waiting. `now`: the loop's time, when
+        the caller has read it already."""
+        return pool.acquire(self._loop.time() if now is None else now)
 
     async def connect(self, target: Target, pool: Pool) -> UpstreamConnection:
         """A new connection (through the configured proxy, if any). Raises

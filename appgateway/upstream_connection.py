@@ -19,7 +19,7 @@ from typing import Final, Protocol
 import httptools
 
 from appgateway import failures, http1, transitions
-from appgateway.aio import wait_idle
+from appgateway.aio import ReadBuffer, wait_idle
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.headers import lower_name
 from appgateway.model import Headers, Target
@@ -73,7 +73,7 @@ class UpstreamConnection:
     """One client connection to a target, parsing responses with llhttp."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, pool: Pool, read_buffer: memoryview
+        self, loop: asyncio.AbstractEventLoop, pool: Pool, read_buffer: ReadBuffer
     ) -> None:
         self._loop = loop
         self.pool = pool
@@ -153,10 +153,10 @@ class UpstreamConnection:
         self._move(IDLE)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_buffer
+        return self._read_buffer.whole
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._read_buffer[:nbytes])
+        self.data_received(self._read_buffer.filled(nbytes))
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.got_bytes = True
@@ -173,14 +173,15 @@ class UpstreamConnection:
                 # Bound the head by bytes received, not per field: llhttp buffers a field
                 # until it ends, so one endless header would otherwise grow without limit.
                 allowance = MAX_RESPONSE_HEAD - self._head_bytes
-                if len(data) > allowance:
+                size = len(data)
+                if size > allowance:
                     self._head_bytes = MAX_RESPONSE_HEAD
                     self._parser.feed_data(data[:allowance])
                     if self.phase == WAITING:
                         raise UpstreamUnavailable("response header too large", "protocol")
                     data = data[allowance:]
                 else:
-                    self._head_bytes += len(data)
+                    self._head_bytes += size
             self._parser.feed_data(data)
         except UpstreamUnavailable as refused:
             self._fail(refused)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from appgateway.aio import READ_SIZE, as_protocol, wait_idle
+from appgateway.aio import KEPT_VIEWS, READ_SIZE, ReadBuffer, as_protocol, wait_idle
 
 
 async def test_wait_idle_returns_when_woken() -> None:
@@ -35,3 +35,21 @@ def test_as_protocol_is_the_object_itself() -> None:
     thing = object()
     assert as_protocol(thing) is thing
     assert READ_SIZE == 32 * 1024
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 17, KEPT_VIEWS, KEPT_VIEWS + 1, READ_SIZE])
+def test_a_filled_view_shows_exactly_the_bytes_read(nbytes: int) -> None:
+    buffer = ReadBuffer()
+    assert len(buffer.whole) == READ_SIZE
+    data = bytes(i % 251 for i in range(nbytes))
+    buffer.whole[:nbytes] = data
+    assert bytes(buffer.filled(nbytes)) == data
+    buffer.whole[:nbytes] = bytes(reversed(data))  # the next read, into the same buffer
+    assert bytes(buffer.filled(nbytes)) == bytes(reversed(data))
+
+
+def test_views_of_small_reads_are_kept_and_large_ones_are_not() -> None:
+    buffer = ReadBuffer()
+    assert buffer.filled(100) is buffer.filled(100)
+    assert buffer.filled(100) is not buffer.filled(101)
+    assert buffer.filled(KEPT_VIEWS + 1) is not buffer.filled(KEPT_VIEWS + 1)

@@ -3,10 +3,7 @@ tests/e2e/test_faults.py)."""
 
 from __future__ import annotations
 
-from typing import cast
-
 from appgateway.connections import ConnectionTracker
-from appgateway.server import ClientConnection
 
 
 class FakeConnection:
@@ -24,8 +21,8 @@ class FakeConnection:
         self.aborted = True
 
 
-def conn(idle: bool = True) -> ClientConnection:
-    return cast(ClientConnection, FakeConnection(idle))
+def conn(idle: bool = True) -> FakeConnection:
+    return FakeConnection(idle)
 
 
 def test_the_cap_refuses_and_reports_the_open_count() -> None:
@@ -51,6 +48,6 @@ def test_drain_closes_idle_connections_and_waits_for_busy_ones() -> None:
     tracker.add(busy)
     assert tracker.busy
     tracker.close_idle()
-    assert cast(FakeConnection, idle).closed and not cast(FakeConnection, busy).closed
+    assert idle.closed and not busy.closed
     tracker.abort_all()
-    assert cast(FakeConnection, busy).aborted
+    assert busy.aborted

@@ -650,7 +650,7 @@ async def unread_request(listen: Listen, clients: ClientFactory) -> tuple[Client
     client = await clients(server.port)
     assert (await client.request("GET", "/first")).status == 200
     (conn,) = server.tracker.connections
-    assert conn.transport is not None
+    assert isinstance(conn, ClientConnection) and conn.transport is not None
     conn.transport.pause_reading()
     await client.send(request_bytes("GET", "/second"))
     await asyncio.sleep(0.05)
