@@ -81,7 +81,7 @@ async def main() -> int:
     parser.add_argument("--calls", type=int, default=200_000)
     args = parser.parse_args()
     calls: int = args.calls
-    print(f"appgateway native modules: {native.state()} (caller/ is not among them)")
+    print(f"appgateway native modules: {native.state()}")
     runner, port = await stand_in()
     auth_info = ClusterAuth(
         server=f"http://127.0.0.1:{port}",
