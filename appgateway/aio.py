@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final, cast
 
 READ_SIZE: Final = 32 * 1024
@@ -45,6 +46,56 @@ def as_protocol(conn: object) -> asyncio.Protocol:
     most used objects). uvloop recognises `get_buffer`/`buffer_updated` by name.
     """
     return cast(asyncio.Protocol, conn)
+
+
+class Deadline:
+    """A connection's deadline, which moves on every request for the price of a float store.
+
+    One timer handle serves all the deadlines of a connection: a later deadline is only
+    recorded, and the timer, when it fires early, sets itself again for the rest. Only an
+    earlier deadline needs a new handle. (A handle made and cancelled per request is a
+    measurable share of a keep-alive request.) `on_expiry` runs once the deadline has passed
+    unmoved; the deadline is then unset.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
+        self._loop = loop
+        self._on_expiry = on_expiry
+        self.at: float | None = None  # loop time; None: no deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def arm(self, at: float) -> None:
+        self.at = at
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._fired)
+
+    def disarm(self) -> None:
+        self.at = None
+
+    def close(self) -> None:
+        """No deadline, and no timer left behind (the connection is gone)."""
+        self.at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fired(self) -> None:
+        self._timer = None
+        at = self.at
+        if at is None:
+            return
+        if self._loop.time() < at - 0.001:
+            self._timer_at = at
+            self._timer = self._loop.call_at(at, self._fired)
+            return
+        self.at = None
+        self._on_expiry()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

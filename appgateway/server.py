@@ -18,7 +18,7 @@ from typing import Final
 import httptools
 
 from appgateway import http1
-from appgateway.aio import ReadBuffer, as_protocol
+from appgateway.aio import Deadline, ReadBuffer, as_protocol
 from appgateway.connections import ConnectionTracker
 from appgateway.errors import BadRequest
 from appgateway.exchange import ANSWERED, Exchange
@@ -77,9 +77,7 @@ class ClientConnection:
         self._last: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._deadline: float | None = None  # for the next head (or for a byte of it)
+        self._deadline = Deadline(loop, self._expired)  # for the next head (or a byte of it)
         self._between = False  # keep-alive: no byte of the next request yet
         self._in_head = True  # between messages or inside a head: bytes count against MAX_HEAD
         self._head_bytes = 0
@@ -165,10 +163,7 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.tracker.discard(self)
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.close()
         for exchange in (self._parsing, self._active, *self._queue):
             if exchange is not None:
                 exchange._wake()
@@ -217,7 +212,7 @@ class ClientConnection:
 
     def on_headers_complete(self) -> None:
         self._heads += 1
-        self._cancel_head_timer()
+        self._deadline.disarm()
         self._in_head = False
         self._head_bytes = 0
         parser = self._parser
@@ -340,7 +335,7 @@ class ClientConnection:
         """
         self._broken = True
         self.pause_reading()
-        self._cancel_head_timer()
+        self._deadline.disarm()
         parsing = self._parsing
         self._parsing = None
         if parsing is not None:
@@ -380,33 +375,11 @@ class ClientConnection:
         if self.transport is not None:
             self.transport.abort()
 
-    # The head timer is lazy: arming only moves the deadline, and one timer per connection
-    # re-arms itself for the remainder, so a busy keep-alive connection does not create and
-    # cancel a timer for every request. Only an earlier deadline needs a new timer.
     def _arm(self, seconds: float) -> None:
-        deadline = self.loop.time() + seconds
-        self._deadline = deadline
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= deadline:
-                return
-            timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._expired)
-
-    def _cancel_head_timer(self) -> None:
-        self._deadline = None
+        self._deadline.arm(self.loop.time() + seconds)
 
     def _expired(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self.closed:
-            return
-        if self.loop.time() < deadline - 0.001:
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._expired)
-            return
-        if self._active is not None:
+        if self.closed or self._active is not None:
             return
         if self._between or self._head_bytes == 0:
             self._close_between_requests()
@@ -423,7 +396,7 @@ class ClientConnection:
         still arrives is read and dropped for a moment, then the socket is closed.
         """
         self._broken = True  # nothing more is parsed
-        self._deadline = None
+        self._deadline.disarm()
         transport = self.transport
         if transport is None or not transport.can_write_eof():
             self.close()

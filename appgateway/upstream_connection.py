@@ -19,7 +19,7 @@ from typing import Final, Protocol
 import httptools
 
 from appgateway import failures, http1, transitions
-from appgateway.aio import ReadBuffer, wait_idle
+from appgateway.aio import Deadline, ReadBuffer, wait_idle
 from appgateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from appgateway.headers import lower_name
 from appgateway.model import Headers, Target
@@ -110,11 +110,8 @@ class UpstreamConnection:
         self._held = False  # reading paused while the caller cannot take more
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        # One lazy timer per connection for the head and idle deadlines: re-arming only
-        # moves `_deadline`, instead of a new timer handle per request on a pooled connection.
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        # The head and idle deadlines, set by the sink (one timer handle for them all).
+        self._deadline = Deadline(loop, self._expired)
 
     def _move(self, phase: int) -> None:
         assert may_move(self.phase, phase), (self.phase, phase)
@@ -122,28 +119,14 @@ class UpstreamConnection:
 
     # -- the deadline --------------------------------------------------------------------
     def arm(self, deadline: float) -> None:
-        self._deadline = deadline
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= deadline:
-                return
-            timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._expired)
+        self._deadline.arm(deadline)
 
     def disarm(self) -> None:
-        self._deadline = None
+        self._deadline.disarm()
 
     def _expired(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self.phase == CLOSED:
+        if self.phase == CLOSED:
             return
-        if self._loop.time() < deadline - 0.001:
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._expired)
-            return
-        self._deadline = None
         self.timed_out = True
         self._pump()
 
@@ -207,9 +190,7 @@ class UpstreamConnection:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.close()
         self.keep_alive = False
         phase = self.phase
         if phase == BODY and self._until_eof and exc is None and self._eof:
@@ -379,7 +360,7 @@ class UpstreamConnection:
         """End the exchange: back to the pool when the response was complete, the target
         offered keep-alive and our request went out whole; closed otherwise."""
         self.sink = None
-        self._deadline = None
+        self._deadline.disarm()
         if (
             self.phase == DONE
             and self.keep_alive

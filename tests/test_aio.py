@@ -5,7 +5,14 @@ import time
 
 import pytest
 
-from appgateway.aio import KEPT_VIEWS, READ_SIZE, ReadBuffer, as_protocol, wait_idle
+from appgateway.aio import (
+    KEPT_VIEWS,
+    READ_SIZE,
+    Deadline,
+    ReadBuffer,
+    as_protocol,
+    wait_idle,
+)
 
 
 async def test_wait_idle_returns_when_woken() -> None:
@@ -53,3 +60,55 @@ def test_views_of_small_reads_are_kept_and_large_ones_are_not() -> None:
     assert buffer.filled(100) is buffer.filled(100)
     assert buffer.filled(100) is not buffer.filled(101)
     assert buffer.filled(KEPT_VIEWS + 1) is not buffer.filled(KEPT_VIEWS + 1)
+
+
+class Expiries:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.at: list[float] = []
+        self.deadline = Deadline(self.loop, lambda: self.at.append(self.loop.time()))
+
+    def arm(self, seconds: float) -> float:
+        at = self.loop.time() + seconds
+        self.deadline.arm(at)
+        return at
+
+
+async def test_a_deadline_fires_once_when_it_has_passed() -> None:
+    e = Expiries()
+    at = e.arm(0.05)
+    await asyncio.sleep(0.2)
+    assert len(e.at) == 1 and e.at[0] >= at - 0.002
+    assert e.deadline.at is None
+
+
+async def test_a_later_deadline_reuses_the_timer_and_fires_at_the_later_time() -> None:
+    e = Expiries()
+    e.arm(0.05)
+    later = e.arm(0.2)
+    await asyncio.sleep(0.1)
+    assert e.at == []  # the first timer fired early and set itself again
+    await asyncio.sleep(0.25)
+    assert len(e.at) == 1 and e.at[0] >= later - 0.002
+
+
+async def test_an_earlier_deadline_fires_at_the_earlier_time() -> None:
+    e = Expiries()
+    e.arm(5)
+    earlier = e.arm(0.05)
+    await asyncio.sleep(0.2)
+    assert len(e.at) == 1 and earlier - 0.002 <= e.at[0] < earlier + 1
+
+
+async def test_a_disarmed_or_closed_deadline_never_fires() -> None:
+    e = Expiries()
+    e.arm(0.05)
+    e.deadline.disarm()
+    other = Expiries()
+    other.arm(0.05)
+    other.deadline.close()
+    await asyncio.sleep(0.2)
+    assert e.at == [] and other.at == []
+    e.arm(0.05)  # armed again after a disarm: fires
+    await asyncio.sleep(0.2)
+    assert len(e.at) == 1
