@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +135,13 @@ def stop(proc: Proc, timeout: float = 15.0) -> None:
     proc.log.close()
 
 
-def wait_http_ok(proc: Proc, port: int, path: str, timeout: float = 30.0) -> None:
+def wait_http_ok(
+    proc: Proc,
+    port: int,
+    path: str,
+    timeout: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """Polls through the route, not just the port: the registry must be loaded too."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -146,7 +152,7 @@ def wait_http_ok(proc: Proc, port: int, path: str, timeout: float = 30.0) -> Non
             )
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=dict(headers or {}))
             resp = conn.getresponse()
             resp.read()
             if resp.status == 200:
@@ -280,10 +286,14 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(core: int, url: str, connections: int, seconds: int) -> WrkResult:
+def run_wrk(
+    core: int, url: str, connections: int, seconds: int, headers: Sequence[str] = ()
+) -> WrkResult:
+    """`headers`: `Name: value` fields added to every request (wrk -H)."""
+    extra = [arg for header in headers for arg in ("-H", header)]
     argv = pinned(
         core,
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
     )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
@@ -408,18 +418,35 @@ def timed_round(
     proxy_core: int,
     load_core: int,
 ) -> Round:
-    """One round on a started proxy: warm-up, then `load(duration)` with the proxy's CPU, the
-    cores' busy time and other processes' CPU measured around it. Stops the proxy."""
+    """One round on a started proxy: warm-up, then `measured`. Stops the proxy."""
     with running(proc):
         if warmup > 0:
             load(warmup)
-        cpu_before, cores_before, other_before = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
-        result = load(duration)
-        cpu_after, cores_after, other_after = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{name} died during the round:\n{proc.log_tail()}")
-    log_lines = count_access_lines(proc.log_path) if name == "gateway" else None
+        out = measured(
+            name, index, proc, load, duration=duration, proxy_core=proxy_core, load_core=load_core
+        )
+    out.access_log_lines = count_access_lines(proc.log_path) if name == "gateway" else None
     proc.log_path.unlink()
+    return out
+
+
+def measured(
+    name: str,
+    index: int,
+    proc: Proc,
+    load: Callable[[int], WrkResult],
+    *,
+    duration: int,
+    proxy_core: int,
+    load_core: int,
+) -> Round:
+    """`load(duration)` on a running proxy, with the proxy's CPU, the cores' busy time and
+    other processes' CPU measured around it. The proxy keeps running."""
+    cpu_before, cores_before, other_before = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
+    result = load(duration)
+    cpu_after, cores_after, other_after = cpu_seconds(proc.pid), core_busy(), foreign_ticks()
+    if proc.popen.poll() is not None:
+        raise RuntimeError(f"{name} died during the round:\n{proc.log_tail()}")
     cpu = cpu_after - cpu_before
     return Round(
         round=index,
@@ -434,7 +461,7 @@ def timed_round(
         load_core_busy=busy_percent(cores_before, cores_after, load_core),
         errors=result.errors,
         non_2xx=result.non_2xx,
-        access_log_lines=log_lines,
+        access_log_lines=None,
         other_cpu_s=max(0, other_after - other_before) / CLK_TCK,
     )
 
@@ -574,6 +601,10 @@ def add_proxy_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_GATEWAY_CMD,
         help="gateway command line; {registry}, {port} and {target} are filled in",
     )
+    add_core_args(parser)
+
+
+def add_core_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-core", type=int, default=0, help="core of the proxy under test")
     parser.add_argument(
         "--load-core", type=int, default=1, help="core of the load generator and the upstream"
