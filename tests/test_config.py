@@ -108,6 +108,15 @@ def test_defaults() -> None:
         (["--proxy-timeout", "0.5"], {}, "proxy_timeout", 0.5),
         ([], {"APPGATEWAY_IDLE_TIMEOUT": "2.25"}, "idle_timeout", 2.25),
         ([], {"APPGATEWAY_REQUEST_TIMEOUT": "3"}, "request_timeout", 3.0),
+        # idle between requests: longer than Go's 90 s and nginx's 75 s client pools
+        ([], {}, "keepalive_timeout", 120.0),
+        ([], {"APPGATEWAY_KEEPALIVE_TIMEOUT": "30"}, "keepalive_timeout", 30.0),
+        (
+            ["--keepalive-timeout", "5"],
+            {"APPGATEWAY_KEEPALIVE_TIMEOUT": "30"},
+            "keepalive_timeout",
+            5.0,
+        ),
         ([], {"APPGATEWAY_SHUTDOWN_TIMEOUT": ".5"}, "shutdown_timeout", 0.5),
         (["--token-default-ttl", "1e2"], {}, "token_default_ttl", 100.0),
         # booleans
@@ -185,6 +194,7 @@ def test_process_environment_is_read_when_not_given(monkeypatch: pytest.MonkeyPa
         ("APPGATEWAY_IDLE_TIMEOUT", "ten"),
         ("APPGATEWAY_IDLE_TIMEOUT", "inf"),
         ("APPGATEWAY_REQUEST_TIMEOUT", "nan"),
+        ("APPGATEWAY_KEEPALIVE_TIMEOUT", "0"),
         ("APPGATEWAY_WORKERS", "0"),
         ("APPGATEWAY_WORKERS", "1.5"),
         ("APPGATEWAY_RETRY_BODY_LIMIT", "-1"),

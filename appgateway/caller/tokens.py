@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Collection
 from pathlib import Path
 from typing import Final
 
-import watchfiles
-
+from appgateway import filewatch
 from appgateway.caller import bearer
 from appgateway.caller.outcome import Outcomes, forbidden
 from appgateway.caller.tokenfile import TokenFileError, TokenTable, parse_tokens
@@ -28,7 +26,6 @@ from appgateway.metrics import Metrics
 
 log = logging.getLogger("appgateway.caller")
 
-DEBOUNCE_MS: Final = 200
 RESCAN_MS: Final = 1000
 """Re-read at least this often: a tiny file, and changes behind a symlink send no event."""
 
@@ -122,41 +119,19 @@ class TokensCallerAuth:
                 "caller tokens file rejected, keeping the last valid one", extra={"fields": fields}
             )
 
-    def _concerns(self, changes: Collection[str]) -> bool:
+    async def _watch(self) -> None:
+        await filewatch.watch(
+            self.path.parent,
+            self._changed,
+            what="caller tokens",
+            stop=self._stop,
+            recursive=False,
+            rescan_ms=RESCAN_MS,
+            poll_ms=RESCAN_MS,
+        )
+
+    async def _changed(self, changes: set[Path]) -> None:
         """Events on the file, on dot-named entries (a ConfigMap mount swaps its `..data`
         symlink), or none at all (the periodic re-read) mean: read it again."""
-        for changed in changes:
-            path = Path(changed)
-            if path == self.path or path.name.startswith("."):
-                return True
-        return not changes
-
-    async def _watch(self) -> None:
-        polling: bool | None = None
-        while not self._stop.is_set():
-            try:
-                async for changes in watchfiles.awatch(
-                    self.path.parent,
-                    watch_filter=None,
-                    debounce=DEBOUNCE_MS,
-                    stop_event=self._stop,
-                    rust_timeout=RESCAN_MS,
-                    yield_on_timeout=True,
-                    force_polling=polling,
-                    poll_delay_ms=RESCAN_MS,
-                    recursive=False,
-                    ignore_permission_denied=True,
-                ):
-                    if self._concerns({p for _, p in changes}):
-                        await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not polling:  # once; a missing file is reported by reload()
-                    fields = {"fields": {"error": str(exc), "path": str(self.path)}}
-                    log.warning("caller tokens watch failed, polling instead", extra=fields)
-                polling = True
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=RESCAN_MS / 1000)
-                except TimeoutError:
-                    await self.reload()
+        if not changes or any(p == self.path or p.name.startswith(".") for p in changes):
+            await self.reload()

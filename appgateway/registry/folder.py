@@ -25,9 +25,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import watchfiles
-
-from appgateway import tls
+from appgateway import filewatch, tls
 from appgateway.config import MANIFEST_SIZE_LIMIT
 from appgateway.model import ClientCert
 from appgateway.registry import RegistryError, publish
@@ -46,7 +44,6 @@ from appgateway.registry.snapshot import LoadCert, Snapshot, SnapshotBuilder
 log = logging.getLogger("appgateway.registry")
 
 SUFFIXES = (".yaml", ".yml", ".json")
-DEBOUNCE_MS = 200
 POLL_MS = 1000
 RESCAN_MS = 10_000  # safety net for lost inotify events
 _FILE_TYPES = (
@@ -418,37 +415,15 @@ class FolderRegistry:
     async def _watch(self) -> None:
         root = self._loader.root
         recursive = root.is_dir()
-        watched = root if recursive else root.parent  # a file: watch its folder, not below
-        polling: bool | None = None
-        while not self._stop.is_set():
-            try:
-                async for changes in watchfiles.awatch(
-                    watched,
-                    watch_filter=None,
-                    debounce=DEBOUNCE_MS,
-                    stop_event=self._stop,
-                    rust_timeout=RESCAN_MS,
-                    yield_on_timeout=True,
-                    force_polling=polling,
-                    poll_delay_ms=POLL_MS,
-                    recursive=recursive,
-                    ignore_permission_denied=True,
-                ):
-                    await self._reload({Path(p) for _, p in changes})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                fields = {"fields": {"error": str(exc)}}
-                if polling:  # even polling fails (the folder is gone): retry slowly
-                    log.error("registry watch failed", extra=fields)
-                    pause = RESCAN_MS / 1000
-                else:
-                    log.warning("registry watch failed, polling instead", extra=fields)
-                    polling, pause = True, POLL_MS / 1000
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=pause)
-                except TimeoutError:
-                    await self._reload(())
+        await filewatch.watch(
+            root if recursive else root.parent,  # a file: watch its folder, not below
+            self._reload,
+            what="registry",
+            stop=self._stop,
+            recursive=recursive,
+            rescan_ms=RESCAN_MS,
+            poll_ms=POLL_MS,
+        )
 
     async def _reload(self, changed: Collection[Path]) -> None:
         """Never raises: a failed reload keeps the last snapshot serving.
