@@ -30,7 +30,7 @@ ANSWERED: Final = 2  # the whole response is written
 CUT: Final = 3  # the connection was aborted mid-response
 ANSWERS: Final = ("unanswered", "answering", "answered", "cut")
 
-_ANSWER_NEXT: Final = transitions.pack(
+LEGAL_ANSWERS: Final = transitions.pack(
     (
         (ANSWERING, ANSWERED, CUT),  # from UNANSWERED
         (ANSWERED, CUT),  # from ANSWERING
@@ -38,10 +38,6 @@ _ANSWER_NEXT: Final = transitions.pack(
         (CUT,),  # from CUT: cutting twice changes nothing
     )
 )
-
-
-def may_answer(current: int, new: int) -> bool:
-    return transitions.allowed(_ANSWER_NEXT, current, new)
 
 
 class Exchange:
@@ -123,7 +119,7 @@ class Exchange:
         return self.answer != UNANSWERED
 
     def _to(self, answer: int) -> None:
-        assert may_answer(self.answer, answer), (self.answer, answer)
+        assert transitions.allowed(LEGAL_ANSWERS, self.answer, answer), (self.answer, answer)
         self.answer = answer
 
     # -- request body ----------------------------------------------------------------

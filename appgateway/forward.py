@@ -261,7 +261,7 @@ class Forwarder:
             ex.request_id = b"%s-%d" % (self._request_prefix, self._request_count)
             headers.append((b"X-Request-Id", ex.request_id))
         headers.append(self._via)
-        relay.first = list(headers)
+        relay.own_fields = len(headers)
         if api.confine_path and escapes_base(dest.rest):
             raise BadRequest("request path leaves the API's base path")
         path = wire_path(target.path, dest.rest, api.encode_url, prepared.canonical_path)

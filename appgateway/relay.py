@@ -46,7 +46,7 @@ RELAYING: Final = 2  # the head is relayed; the body flows
 ENDED: Final = 3
 STAGES: Final = ("preparing", "sending", "relaying", "ended")
 
-_NEXT: Final = transitions.pack(
+LEGAL_MOVES: Final = transitions.pack(
     (
         (SENDING, ENDED),  # from PREPARING
         (PREPARING, RELAYING, ENDED),  # from SENDING (back: a resend, a retry)
@@ -55,10 +55,6 @@ _NEXT: Final = transitions.pack(
     )
 )
 """Every move a request may make, by the stage it is in."""
-
-
-def may_move(current: int, new: int) -> bool:
-    return transitions.allowed(_NEXT, current, new)
 
 
 class StreamedBody:
@@ -81,7 +77,7 @@ class Relay:
         "query",
         "headers",
         "authenticate",
-        "first",
+        "own_fields",
         "applied",
         "request",
         "stream",
@@ -111,7 +107,7 @@ class Relay:
         self.query = query
         self.headers = headers  # the caller's fields that travel (Access-Token applied)
         self.authenticate = authenticate
-        self.first: Headers = []  # the first attempt's fields before the parameters
+        self.own_fields = 0  # the request's fields before the parameters and Host
         self.applied: Applied = None
         self.request: OutboundRequest | None = None
         self.stream: StreamedBody | None = None
@@ -122,7 +118,7 @@ class Relay:
         self.sent_at = 0.0
 
     def _to(self, stage: int) -> None:
-        assert may_move(self.stage, stage), (self.stage, stage)
+        assert transitions.allowed(LEGAL_MOVES, self.stage, stage), (self.stage, stage)
         self.stage = stage
 
     # -- preparing -------------------------------------------------------------------------
@@ -224,10 +220,11 @@ class Relay:
         """Send once more: on a fresh connection (the pooled one was stale), or with fresh
         credentials (a 401/403)."""
         if reapply:
-            headers = list(self.first)
-            self.applied = await settle(self.api.strategy.apply(headers))
             request = self.request
             assert request is not None
+            headers = request.headers[: self.own_fields]
+            self.applied = await settle(self.api.strategy.apply(headers))
+            self.own_fields = len(headers)
             request.headers = self.fwd.finish_headers(self.api, headers)
         await self._connect_and_send(fresh)
 

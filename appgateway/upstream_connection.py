@@ -46,7 +46,7 @@ DONE: Final = 4  # the response is complete; nothing more may arrive
 CLOSED: Final = 5
 PHASES: Final = ("connecting", "idle", "waiting", "body", "done", "closed")
 
-_NEXT: Final = transitions.pack(
+LEGAL_MOVES: Final = transitions.pack(
     (
         (IDLE, CLOSED),  # from CONNECTING
         (WAITING, CLOSED),  # from IDLE
@@ -57,10 +57,6 @@ _NEXT: Final = transitions.pack(
     )
 )
 """Every move a connection may make, by the phase it is in."""
-
-
-def may_move(current: int, new: int) -> bool:
-    return transitions.allowed(_NEXT, current, new)
 
 
 class Sink(Protocol):
@@ -114,7 +110,7 @@ class UpstreamConnection:
         self._deadline = Deadline(loop, self._expired)
 
     def _move(self, phase: int) -> None:
-        assert may_move(self.phase, phase), (self.phase, phase)
+        assert transitions.allowed(LEGAL_MOVES, self.phase, phase), (self.phase, phase)
         self.phase = phase
 
     # -- the deadline --------------------------------------------------------------------

@@ -9,8 +9,17 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from appgateway import transitions
 from appgateway.errors import BodyTooSlow
-from appgateway.exchange import ANSWERED, ANSWERING, ANSWERS, CUT, UNANSWERED, Exchange, may_answer
+from appgateway.exchange import (
+    ANSWERED,
+    ANSWERING,
+    ANSWERS,
+    CUT,
+    LEGAL_ANSWERS,
+    UNANSWERED,
+    Exchange,
+)
 from tests.conftest import ClientFactory, Listen, request_bytes
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,7 +38,7 @@ MOVES = {
     ("old", "new"), list(itertools.product(range(len(ANSWERS)), range(len(ANSWERS))))
 )
 def test_every_allowed_move_is_listed(old: int, new: int) -> None:
-    assert may_answer(old, new) is ((old, new) in MOVES)
+    assert transitions.allowed(LEGAL_ANSWERS, old, new) is ((old, new) in MOVES)
 
 
 def reader(outcome: list[object]) -> Callable[[Exchange], Awaitable[None]]:

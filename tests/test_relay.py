@@ -20,7 +20,8 @@ from typing import Any, cast
 
 import pytest
 
-from appgateway.relay import ENDED, PREPARING, RELAYING, SENDING, STAGES, may_move
+from appgateway import transitions
+from appgateway.relay import ENDED, LEGAL_MOVES, PREPARING, RELAYING, SENDING, STAGES
 from tests.conftest import (
     BASIC_ALICE,
     Connection,
@@ -46,7 +47,7 @@ MOVES = {
     ("old", "new"), list(itertools.product(range(len(STAGES)), range(len(STAGES))))
 )
 def test_every_allowed_move_is_listed(old: int, new: int) -> None:
-    assert may_move(old, new) is ((old, new) in MOVES)
+    assert transitions.allowed(LEGAL_MOVES, old, new) is ((old, new) in MOVES)
 
 
 # -- each scenario both ways ------------------------------------------------------------------

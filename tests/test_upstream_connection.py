@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from appgateway import transitions
 from appgateway.upstream import Upstream
 from appgateway.upstream_connection import (
     BODY,
@@ -15,9 +16,9 @@ from appgateway.upstream_connection import (
     CONNECTING,
     DONE,
     IDLE,
+    LEGAL_MOVES,
     PHASES,
     WAITING,
-    may_move,
 )
 from tests.conftest import Connection, Seen, ServerFactory, response
 from tests.test_upstream import exchange, outbound, pool_for, send
@@ -43,7 +44,7 @@ MOVES = {
     ("old", "new"), list(itertools.product(range(len(PHASES)), range(len(PHASES))))
 )
 def test_every_allowed_move_is_listed(old: int, new: int) -> None:
-    assert may_move(old, new) is ((old, new) in MOVES)
+    assert transitions.allowed(LEGAL_MOVES, old, new) is ((old, new) in MOVES)
 
 
 FORGED = response(200, b"FORGED", [("X-Forged", "1")])
