@@ -34,6 +34,8 @@ async def watch(
     poll_ms: int,
 ) -> None:
     """Call `on_changes` with the paths events name, or none on a rescan, until `stop`."""
+    # watchfiles logs every batch of changes at info; the callers log what a change meant.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     polling: bool | None = None  # None: watchfiles decides (inotify where it can)
     while not stop.is_set():
         try:

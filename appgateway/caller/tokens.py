@@ -46,7 +46,6 @@ class TokensCallerAuth:
 
     async def start(self) -> None:
         """Load the file (ConfigurationError, exit 2, if unusable), then watch it."""
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         data, result = await asyncio.to_thread(self._read)
         if isinstance(result, str):
             raise ConfigurationError(f"--caller-tokens {self.path}: {result}")

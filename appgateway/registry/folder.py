@@ -389,8 +389,6 @@ class FolderRegistry:
         return self._snapshot
 
     async def start(self) -> None:
-        # watchfiles logs every batch of changes at info; our own `registry updated` suffices.
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         snapshot = await asyncio.to_thread(self._loader.load)
         if self._loader.file_count == 0:
             fields = {"path": str(self._loader.root)}
