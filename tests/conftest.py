@@ -26,6 +26,7 @@ from appgateway.exchange import Exchange
 from appgateway.server import Handler as ExchangeHandler
 from appgateway.server import serve
 from appgateway.upstream import Upstream
+from tests.kube import FaultProxy, KubeCluster, Objects, shared_cluster
 
 pytest_plugins = ["tests.pipeline"]  # the in-process pipeline (make_rig, rig)
 
@@ -566,3 +567,27 @@ async def listen() -> AsyncIterator[Listen]:
         tracker.abort_all()
         await server.wait_closed()
     await asyncio.sleep(0.01)  # let cancelled handler tasks finish
+
+
+# -- the suite's real Kubernetes API server (tests/kube.py), started on first use -----------
+
+
+@pytest.fixture(scope="session")
+def kube() -> KubeCluster:
+    return shared_cluster()
+
+
+@pytest.fixture
+def objects(kube: KubeCluster) -> Iterator[Objects]:
+    """Objects created through it are removed after the test."""
+    tracker = Objects(kube)
+    yield tracker
+    tracker.cleanup()
+
+
+@pytest.fixture
+async def proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of it."""
+    server = await FaultProxy(kube).start()
+    yield server
+    await server.close()

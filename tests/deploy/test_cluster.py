@@ -36,16 +36,10 @@ from tests.kube import (
     api_service,
     application,
     missing_fields,
-    shared_cluster,
     unique,
 )
 
 pytestmark = pytest.mark.timeout(1500)  # the first test may build kube-apiserver
-
-
-@pytest.fixture(scope="module")
-def kube() -> KubeCluster:
-    return shared_cluster()
 
 
 @pytest.mark.parametrize(

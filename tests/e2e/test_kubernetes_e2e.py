@@ -34,25 +34,12 @@ from tests.kube import (
     free_port,
     missing_fields,
     secret,
-    shared_cluster,
     unique,
 )
 
 pytestmark = pytest.mark.timeout(1500)  # the first test may build kube-apiserver
 
 APPLY_WITHIN = 2.0  # registry.md §4/§5: changes apply within 2 s
-
-
-@pytest.fixture(scope="session")
-def kube() -> KubeCluster:
-    return shared_cluster()
-
-
-@pytest.fixture
-def objects(kube: KubeCluster) -> Iterator[Objects]:
-    tracker = Objects(kube)
-    yield tracker
-    tracker.cleanup()
 
 
 class KubeGateway(Gateway):
