@@ -69,6 +69,7 @@ class ClientConnection:
         self.tracker = tracker
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.token_memo: tuple[int, bytes] | None = None  # caller/bearer.remembered_key
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: Headers = []

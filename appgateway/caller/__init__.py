@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, assert_never
 
+from appgateway.caller.bearer import Remembers
 from appgateway.config import ConfigurationError, Settings
 from appgateway.flow import Pending
 from appgateway.metrics import Metrics
@@ -18,13 +19,16 @@ __all__ = ["CallerAuth", "make_caller_auth"]
 
 
 class CallerAuth(Protocol):
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
+    def authorize(
+        self, proxy_authorization: bytes | None, application: str, memo: Remembers | None = None
+    ) -> str | Pending[str]:
         """The caller's identity name when it may use `application`'s credentials; raises
         CallerUnauthenticated (407), CallerForbidden (403) or CallerAuthUnavailable (503).
 
         `proxy_authorization` is the raw value of the caller's first Proxy-Authorization
-        field (None when absent). Every outcome is counted in
-        `appgateway_caller_decisions_total`; the identity never contains the token.
+        field (None when absent); `memo`, the caller's connection (bearer.remembered_key).
+        Every outcome is counted in `appgateway_caller_decisions_total`; the identity never
+        contains the token.
         """
         ...
 

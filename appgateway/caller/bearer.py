@@ -13,7 +13,8 @@ import hashlib
 import json
 import math
 import string
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from appgateway.errors import CallerUnauthenticated
 
@@ -70,13 +71,6 @@ def check_token(token: bytes) -> None:
         raise CallerUnauthenticated(BAD_SYNTAX)
 
 
-def bearer_token(value: bytes | None) -> bytes:
-    """`presented_token` and `check_token` together, for lookups without a cache."""
-    token = presented_token(value)
-    check_token(token)
-    return token
-
-
 _IPAD: Final = bytes(x ^ 0x36 for x in range(256))
 _OPAD: Final = bytes(x ^ 0x5C for x in range(256))
 
@@ -104,6 +98,35 @@ class TokenKeys:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+
+class Remembers(Protocol):
+    """A caller connection: keeps the `hash()` and cache key of the last token it sent."""
+
+    token_memo: tuple[int, bytes] | None
+
+
+def remembered_key(
+    holder: Remembers | None, token: bytes, derive: Callable[[bytes], bytes]
+) -> bytes:
+    """`derive(token)`, unless `holder` presented the same token last time.
+
+    A keep-alive caller sends one token on request after request, and deriving its key (a
+    SHA-256 over about 1 KiB) was most of what a cached decision cost. The connection keeps
+    the token's `hash()` (SipHash under the process's random seed, over the whole token),
+    never the token. Two tokens with one hash are a 2**-64 chance that nobody can aim at
+    without knowing both tokens; and even then the other token was sent on this very
+    connection.
+    """
+    if holder is None:
+        return derive(token)
+    hashed = hash(token)
+    memo = holder.token_memo
+    if memo is not None and memo[0] == hashed:
+        return memo[1]
+    key = derive(token)
+    holder.token_memo = (hashed, key)
+    return key
 
 
 def jwt_expiry(token: bytes) -> float | None:

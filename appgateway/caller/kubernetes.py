@@ -101,12 +101,17 @@ class KubernetesCallerAuth:
             await asyncio.gather(task, return_exceptions=True)
         await self.client.close()
 
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
+    def authorize(
+        self,
+        proxy_authorization: bytes | None,
+        application: str,
+        memo: bearer.Remembers | None = None,
+    ) -> str | Pending[str]:
         """The caller's identity name when it may use `application`'s credentials; pending
         only when a review is needed (both answers cached: at once)."""
         try:
             token = bearer.presented_token(proxy_authorization)
-            key = self._token_key(token)
+            key = bearer.remembered_key(memo, token, self._token_key)
             reviewed = self._tokens.peek(key)
             if reviewed is None:
                 bearer.check_token(token)

@@ -30,6 +30,11 @@ RESCAN_MS: Final = 1000
 """Re-read at least this often: a tiny file, and changes behind a symlink send no event."""
 
 
+def _checked_digest(token: bytes) -> bytes:
+    bearer.check_token(token)
+    return hashlib.sha256(token).digest()
+
+
 class TokensCallerAuth:
     """Callers and their Applications from `--caller-tokens`."""
 
@@ -63,11 +68,16 @@ class TokensCallerAuth:
             except TimeoutError:
                 pass  # wait_for has cancelled it
 
-    def authorize(self, proxy_authorization: bytes | None, application: str) -> str | Pending[str]:
+    def authorize(
+        self,
+        proxy_authorization: bytes | None,
+        application: str,
+        memo: bearer.Remembers | None = None,
+    ) -> str | Pending[str]:
         """Never pending: the table is in memory."""
         try:
-            token = bearer.bearer_token(proxy_authorization)
-            entry = self.table.find(hashlib.sha256(token).digest())
+            token = bearer.presented_token(proxy_authorization)
+            entry = self.table.find(bearer.remembered_key(memo, token, _checked_digest))
             if entry is None:
                 raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
             if not entry.allows(application):

@@ -17,14 +17,21 @@ from appgateway.caller.bearer import (
     NOT_BEARER,
     TOO_LONG,
     TokenKeys,
-    bearer_token,
     check_token,
     jwt_expiry,
     presented_token,
+    remembered_key,
 )
 from appgateway.errors import CallerUnauthenticated
 
 JWT = b"eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln"
+
+
+def bearer_token(value: bytes | None) -> bytes:
+    """What the engine accepts: the presented token, with its characters checked."""
+    token = presented_token(value)
+    check_token(token)
+    return token
 
 
 @pytest.mark.parametrize(
@@ -110,6 +117,32 @@ def test_presented_token_leaves_the_characters_to_check_token() -> None:
 @pytest.mark.parametrize("token", [b"", b"tok", JWT, b"z" * 8192, bytes(range(256))])
 def test_token_keys_are_hmac_sha256(key: bytes, token: bytes) -> None:
     assert TokenKeys(key)(token) == hmac.digest(key, token, "sha256")
+
+
+class Connection:
+    def __init__(self) -> None:
+        self.token_memo: tuple[int, bytes] | None = None
+
+
+def test_a_connection_remembers_the_key_of_its_last_token_never_the_token() -> None:
+    derived: list[bytes] = []
+
+    def derive(token: bytes) -> bytes:
+        derived.append(token)
+        return b"key of " + token
+
+    conn = Connection()
+    one, two = b"t0ken-one" * 100, b"t0ken-two" * 100
+    assert remembered_key(conn, one, derive) == b"key of " + one
+    assert remembered_key(conn, bytes(one), derive) == b"key of " + one  # an equal token
+    assert derived == [one]
+    assert conn.token_memo == (hash(one), b"key of " + one)  # a hash, not the token
+    assert remembered_key(conn, two, derive) == b"key of " + two  # another token: derived
+    assert remembered_key(conn, one, derive) == b"key of " + one  # only the last is kept
+    assert derived == [one, two, one]
+    assert remembered_key(Connection(), one, derive) == b"key of " + one  # per connection
+    assert remembered_key(None, one, derive) == b"key of " + one  # no connection: derived
+    assert derived == [one, two, one, one, one]
 
 
 def test_token_keys_are_keyed_and_never_the_token() -> None:

@@ -8,6 +8,7 @@ identity is in the access line, and that `Proxy-Authorization` never reaches a t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +210,43 @@ def test_kubernetes_mode_through_the_gateway(
     assert call(port, f"/{erp}/orders/x", None).status == 407
     assert access_line(gateway, f"/{erp}/orders/y", 200)["caller"] == user
     assert not any(token in line for line in gateway.raw_lines)
+
+
+def test_one_keep_alive_connection_with_changing_tokens(
+    gateway_factory: GatewayFactory, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """A connection remembers the key of its last token (caller/bearer.remembered_key):
+    another token on the same connection is judged as itself, and a token withdrawn from
+    the file stops working on a connection that used it a moment ago."""
+    tokens = tmp_path / "callers.yaml"
+    tokens_file(tokens, [("orders-team", "t-orders", "[erp]"), ("ops", "t-ops", '["*"]')])
+    docs = [
+        application("erp", [service("orders", [api(upstream.base + "/erp")])]),
+        application("crm", [service("leads", [api(upstream.base + "/crm")])]),
+    ]
+    gateway = gateway_factory(docs, ["--caller-auth", "tokens", "--caller-tokens", str(tokens)])
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.proxy_port, timeout=10)
+
+    def status(path: str, token: str) -> int:
+        conn.request("GET", path, headers={"Proxy-Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        response.read()
+        assert not response.will_close  # all on one connection
+        return response.status
+
+    sequence = [
+        ("/erp/orders/1", "t-orders", 200),
+        ("/crm/leads/2", "t-orders", 403),
+        ("/crm/leads/3", "t-ops", 200),
+        ("/crm/leads/4", "guess", 407),
+        ("/crm/leads/5", "t-orders", 403),
+        ("/erp/orders/6", "t-orders", 200),
+    ]
+    assert [status(path, token) for path, token, _ in sequence] == [s for _, _, s in sequence]
+    assert access_line(gateway, "/crm/leads/3", 200)["caller"] == "ops"
+    assert access_line(gateway, "/erp/orders/6", 200)["caller"] == "orders-team"
+
+    tokens_file(tokens, [("ops", "t-ops", '["*"]')])  # t-orders withdrawn
+    assert wait_until(lambda: status("/erp/orders/7", "t-orders") == 407, 5)
+    assert status("/erp/orders/8", "t-ops") == 200
+    conn.close()
