@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import shutil
 import subprocess
@@ -40,16 +41,22 @@ LL_BYTES = 32 * 1024 * 1024
 
 
 async def _load(
-    port: int, paths: Sequence[str], requests: int, connections: int, post: int = 0
+    port: int,
+    paths: Sequence[str],
+    requests: int,
+    connections: int,
+    post: int = 0,
+    fields: str = "",
 ) -> int:
-    """Sends the requests (GETs, or POSTs of `post` bytes), cycling over `paths`; returns how
-    many answers were not 200."""
+    """Sends the requests (GETs, or POSTs of `post` bytes), cycling over `paths`, with the
+    extra header `fields` (CRLF-terminated lines); returns how many answers were not 200."""
+    host = f"Host: 127.0.0.1:{port}\r\n{fields}"
     if post:
         body = b"p" * post
-        framing = f"Host: 127.0.0.1:{port}\r\nContent-Length: {post}\r\n\r\n"
+        framing = f"{host}Content-Length: {post}\r\n\r\n"
         heads = [f"POST {p} HTTP/1.1\r\n{framing}".encode() + body for p in paths]
     else:
-        heads = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for p in paths]
+        heads = [f"GET {p} HTTP/1.1\r\n{host}\r\n".encode() for p in paths]
     failures = 0
     sent = 0
 
@@ -95,8 +102,15 @@ def measure(
     save: Path | None = None,
     apps: int = 0,
     cache: bool = False,
+    caller_auth: str | None = None,
 ) -> dict[str, object]:
     spec = SCENARIOS[scenario]
+    token = "t0k3n" * 200  # ServiceAccount-sized
+    fields, headers, caller_args = "", {}, []
+    if caller_auth is not None:
+        fields = f"Proxy-Authorization: Bearer {token}\r\n"
+        headers = {"Proxy-Authorization": f"Bearer {token}"}
+        caller_args = ["--caller-auth", caller_auth]
     with tempfile.TemporaryDirectory(prefix="appgateway-icount-") as tmp:
         work = Path(tmp)
         pki = make_pki(work / "pki")
@@ -136,18 +150,28 @@ def measure(
                 # outlast the 10 s default and close keep-alive connections mid-run.
                 "--request-timeout",
                 "600",
+                *caller_args,
             ]
+            if caller_auth == "tokens":
+                callers = work / "callers.yaml"
+                digest = hashlib.sha256(token.encode()).hexdigest()
+                callers.write_text(f'- {{name: bench, sha256: "{digest}", applications: ["*"]}}\n')
+                argv += ["--caller-tokens", str(callers)]
             gateway = start("gateway", argv, work, gateway_env(pki))
             try:
-                wait_http_ok(gateway, port, paths[0], timeout=900)
+                wait_http_ok(gateway, port, paths[0], timeout=900, headers=headers)
                 try:
-                    asyncio.run(_load(port, paths, max(warmup, len(paths)), connections, spec.post))
+                    asyncio.run(
+                        _load(port, paths, max(warmup, len(paths)), connections, spec.post, fields)
+                    )
                     subprocess.run(
                         ["callgrind_control", "-z", str(gateway.pid)],
                         check=True,
                         stdout=subprocess.DEVNULL,
                     )
-                    failures = asyncio.run(_load(port, paths, requests, connections, spec.post))
+                    failures = asyncio.run(
+                        _load(port, paths, requests, connections, spec.post, fields)
+                    )
                 except OSError:
                     print(gateway.log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
                     raise
@@ -207,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="simulate the caches too (--cache-sim=yes): D1/LL misses per request",
     )
+    parser.add_argument(
+        "--caller-auth",
+        choices=["off", "tokens"],
+        help="send a 1 KiB Proxy-Authorization: Bearer token on every request, to a gateway"
+        " with this --caller-auth (tokens: a file that allows it); the A/B of its cost",
+    )
     args = parser.parse_args(argv)
     result = measure(
         args.scenario,
@@ -217,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.save,
         args.apps,
         args.cache,
+        args.caller_auth,
     )
     if args.json:
         print(json.dumps(result))
