@@ -133,7 +133,7 @@ class Relay:
         try:
             caller_auth = self.fwd.caller_auth
             if caller_auth is not None:
-                who = caller_auth.authorize(proxy_authorization, self.api.api.ref.app, self.ex.conn)
+                who = caller_auth.authorize(proxy_authorization, self.api.api.ref.app, ex.conn)
                 if isinstance(who, Pending):
                     self._prelude(self._prepare(None, who))
                     return

@@ -82,16 +82,21 @@ def tokens_file(path: Path, entries: list[tuple[str, str, str]]) -> None:
     tmp.replace(path)  # one atomic change, as an editor or a ConfigMap update makes
 
 
-def test_tokens_mode_on_a_folder_registry(
-    gateway_factory: GatewayFactory, upstream: MockUpstream, tmp_path: Path
-) -> None:
-    tokens = tmp_path / "callers.yaml"
+def tokens_gateway(factory: GatewayFactory, upstream: MockUpstream, tokens: Path) -> Gateway:
+    """Applications erp and crm; callers orders-team (t-orders: erp) and ops (t-ops: all)."""
     tokens_file(tokens, [("orders-team", "t-orders", "[erp]"), ("ops", "t-ops", '["*"]')])
     docs = [
         application("erp", [service("orders", [api(upstream.base + "/erp")])]),
         application("crm", [service("leads", [api(upstream.base + "/crm")])]),
     ]
-    gateway = gateway_factory(docs, ["--caller-auth", "tokens", "--caller-tokens", str(tokens)])
+    return factory(docs, ["--caller-auth", "tokens", "--caller-tokens", str(tokens)])
+
+
+def test_tokens_mode_on_a_folder_registry(
+    gateway_factory: GatewayFactory, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "callers.yaml"
+    gateway = tokens_gateway(gateway_factory, upstream, tokens)
     port = gateway.proxy_port
 
     missing = call(port, "/erp/orders/x", None)
@@ -219,12 +224,7 @@ def test_one_keep_alive_connection_with_changing_tokens(
     another token on the same connection is judged as itself, and a token withdrawn from
     the file stops working on a connection that used it a moment ago."""
     tokens = tmp_path / "callers.yaml"
-    tokens_file(tokens, [("orders-team", "t-orders", "[erp]"), ("ops", "t-ops", '["*"]')])
-    docs = [
-        application("erp", [service("orders", [api(upstream.base + "/erp")])]),
-        application("crm", [service("leads", [api(upstream.base + "/crm")])]),
-    ]
-    gateway = gateway_factory(docs, ["--caller-auth", "tokens", "--caller-tokens", str(tokens)])
+    gateway = tokens_gateway(gateway_factory, upstream, tokens)
     conn = http.client.HTTPConnection("127.0.0.1", gateway.proxy_port, timeout=10)
 
     def status(path: str, token: str) -> int:
