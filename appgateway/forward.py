@@ -55,7 +55,6 @@ from appgateway.urls import (
 )
 
 AUTHORIZATION: Final = b"Authorization"
-PROXY_AUTHORIZATION: Final = b"proxy-authorization"
 LOCATION: Final = b"location"
 
 _HOST: Final = 0
@@ -214,9 +213,8 @@ class Forwarder:
             target = target.partition("#")[0]  # a fragment is the caller's own; never sent on
         call = Call(listener, self.clock(), ex.method.decode("latin-1"), target.partition("?")[0])
         self._inflight[listener].value += 1
-        fields, host, ex.request_id, looped = caller_fields(ex.headers, self._hop)
-        proxy_authorization = (
-            None if self.caller_auth is None else get_header(ex.headers, PROXY_AUTHORIZATION)
+        fields, host, ex.request_id, proxy_authorization, looped = caller_fields(
+            ex.headers, self._hop
         )
         try:
             if looped:

@@ -12,6 +12,9 @@ from typing import Final
 
 from appgateway.model import Headers, ParamMap
 
+PROXY_AUTHORIZATION: Final = b"proxy-authorization"
+"""The caller's own credential for the gateway (`--caller-auth`): hop-by-hop, never sent on."""
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -22,7 +25,7 @@ HOP_BY_HOP = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"proxy-authenticate",
-        b"proxy-authorization",
+        PROXY_AUTHORIZATION,
     }
 )
 
@@ -106,14 +109,15 @@ def outbound_headers(caller: Headers) -> Headers:
 
 def caller_fields(
     caller: Headers, hop: bytes = b"\x00"
-) -> tuple[Headers, bytes | None, bytes | None, bool]:
-    """`outbound_headers`, with the first Host and X-Request-Id values, and whether a Via
-    field names `hop` (this gateway's pseudonym: the request went round in a loop), in
-    one pass."""
+) -> tuple[Headers, bytes | None, bytes | None, bytes | None, bool]:
+    """`outbound_headers`, with the first Host, X-Request-Id and Proxy-Authorization values,
+    and whether a Via field names `hop` (this gateway's pseudonym: the request went round in
+    a loop), in one pass."""
     out: Headers = []
     named: set[bytes] | None = None
     host: bytes | None = None
     request_id: bytes | None = None
+    proxy_authorization: bytes | None = None
     looped = False
     for name, value in caller:
         low = lower_name(name)
@@ -123,6 +127,8 @@ def caller_fields(
                     host = value
             elif low == b"connection":
                 named = _named_by(value, named)
+            elif low == PROXY_AUTHORIZATION and proxy_authorization is None:
+                proxy_authorization = value
             continue
         if low == REQUEST_ID:
             if request_id is None:
@@ -130,7 +136,7 @@ def caller_fields(
         elif low == VIA and value.find(hop) >= 0:  # (`bytes in bytes` pays for a TypeError)
             looped = True
         out.append((name, value))
-    return _drop_named(out, named), host, request_id, looped
+    return _drop_named(out, named), host, request_id, proxy_authorization, looped
 
 
 def response_headers(upstream: Headers) -> Headers:

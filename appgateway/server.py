@@ -19,6 +19,7 @@ import httptools
 
 from appgateway import http1
 from appgateway.aio import Deadline, ReadBuffer, as_protocol
+from appgateway.caller.bearer import Remembered
 from appgateway.connections import ConnectionTracker
 from appgateway.errors import BadRequest
 from appgateway.exchange import ANSWERED, Exchange
@@ -69,7 +70,7 @@ class ClientConnection:
         self.tracker = tracker
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.token_memo: tuple[int, bytes] | None = None  # caller/bearer.remembered_key
+        self.caller_memo: Remembered | None = None  # caller/bearer.recall
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: Headers = []

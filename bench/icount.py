@@ -103,25 +103,46 @@ def measure(
     apps: int = 0,
     cache: bool = False,
     caller_auth: str | None = None,
+    kubernetes: bool = False,
 ) -> dict[str, object]:
     spec = SCENARIOS[scenario]
     token = "t0k3n" * 200  # ServiceAccount-sized
-    fields, headers, caller_args = "", {}, []
-    if caller_auth is not None:
-        fields = f"Proxy-Authorization: Bearer {token}\r\n"
-        headers = {"Proxy-Authorization": f"Bearer {token}"}
-        caller_args = ["--caller-auth", caller_auth]
     with tempfile.TemporaryDirectory(prefix="appgateway-icount-") as tmp:
         work = Path(tmp)
         pki = make_pki(work / "pki")
         upstream = start_upstream(work, None, size=spec.size, pki=pki)
+        registry_args: list[str] = []
         try:
-            if apps:
+            if kubernetes:
+                # caller_load.py's cluster: its Basic Application and a ServiceAccount with
+                # `use` on it, whose real token is sent (so a kubernetes decision is cached).
+                import caller_load  # puts the repository on sys.path, for tests.kube
+
+                from tests.kube import SA_TOKEN, shared_cluster
+
+                cluster = shared_cluster()
+                caller_load.set_up_cluster(
+                    cluster, upstream.url("/verify/basic"), [caller_load.CALLER]
+                )
+                token = cluster.service_account_token(
+                    caller_load.CALLER, audiences=[caller_load.AUDIENCE]
+                )
+                kubeconfig = cluster.kubeconfig(work / "kubeconfig", token=SA_TOKEN)
+                registry_args = ["--kubernetes", "--kubeconfig", str(kubeconfig)]
+                paths = [caller_load.ROUTE]
+            elif apps:
                 registry = write_registry(work / "registry", apps, upstream)
+                registry_args = ["--registry", str(registry)]
                 paths = [f"/{app_name(i)}/basic/item" for i in range(apps)]
             else:
                 registry = write_apis(work / "registry", [spec.api], upstream, pki)
+                registry_args = ["--registry", str(registry)]
                 paths = [route_path(spec.api)]
+            fields, headers, caller_args = "", {}, []
+            if caller_auth is not None:
+                fields = f"Proxy-Authorization: Bearer {token}\r\n"
+                headers = {"Proxy-Authorization": f"Bearer {token}"}
+                caller_args = ["--caller-auth", caller_auth]
             port = free_port()
             out = work / "callgrind.out"
             argv = [
@@ -136,8 +157,7 @@ def measure(
                 "-m",
                 "appgateway",
                 "serve",
-                "--registry",
-                str(registry),
+                *registry_args,
                 "--proxy-port",
                 str(port),
                 "--proxy-port-compass",
@@ -233,11 +253,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--caller-auth",
-        choices=["off", "tokens"],
+        choices=["off", "tokens", "kubernetes"],
         help="send a 1 KiB Proxy-Authorization: Bearer token on every request, to a gateway"
         " with this --caller-auth (tokens: a file that allows it); the A/B of its cost",
     )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="instead of the scenario: caller_load.py's Basic Application on the suite's API"
+        " server (gateway --kubernetes), with a real ServiceAccount token; for the A/B of"
+        " --caller-auth kubernetes against off",
+    )
     args = parser.parse_args(argv)
+    if args.caller_auth == "kubernetes" and not args.kubernetes:
+        parser.error("--caller-auth kubernetes needs --kubernetes")
     result = measure(
         args.scenario,
         args.requests,
@@ -248,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.apps,
         args.cache,
         args.caller_auth,
+        args.kubernetes,
     )
     if args.json:
         print(json.dumps(result))

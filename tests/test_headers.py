@@ -296,24 +296,45 @@ def test_response_keeps_repeats_order_and_other_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("caller", "host", "request_id"),
+    ("caller", "host", "request_id", "proxy_authorization"),
     [
-        ([], None, None),
-        ([(b"Host", b"gw"), (b"host", b"other")], b"gw", None),
-        ([(b"x-request-id", b"r1"), (b"X-Request-Id", b"r2")], None, b"r1"),
-        ([(b"X-Request-Id", b"")], None, b""),
-        ([(b"Connection", b"x-request-id"), (b"X-Request-Id", b"r1")], None, b"r1"),
+        ([], None, None, None),
+        ([(b"Host", b"gw"), (b"host", b"other")], b"gw", None, None),
+        ([(b"x-request-id", b"r1"), (b"X-Request-Id", b"r2")], None, b"r1", None),
+        ([(b"X-Request-Id", b"")], None, b"", None),
+        ([(b"Connection", b"x-request-id"), (b"X-Request-Id", b"r1")], None, b"r1", None),
         (
             [(b"Connection", b"keep-alive, X-Drop"), (b"X-Drop", b"1"), (b"HOST", b"h:80")],
             b"h:80",
             None,
+            None,
         ),
+        (
+            [(b"Proxy-Authorization", b"Bearer a"), (b"proxy-authorization", b"Bearer b")],
+            None,
+            None,
+            b"Bearer a",
+        ),
+        ([(b"PROXY-AUTHORIZATION", b"")], None, None, b""),
+        (
+            [(b"Connection", b"Proxy-Authorization"), (b"Proxy-Authorization", b"x")],
+            None,
+            None,
+            b"x",
+        ),
+        ([(b"X-Proxy-Authorization", b"x"), (b"Authorization", b"y")], None, None, None),
     ],
 )
-def test_caller_fields_is_outbound_headers_plus_host_and_request_id(
-    caller: Headers, host: bytes | None, request_id: bytes | None
+def test_caller_fields_is_outbound_headers_plus_host_request_id_and_proxy_authorization(
+    caller: Headers, host: bytes | None, request_id: bytes | None, proxy_authorization: bytes | None
 ) -> None:
-    assert caller_fields(caller) == (outbound_headers(caller), host, request_id, False)
+    assert caller_fields(caller) == (
+        outbound_headers(caller),
+        host,
+        request_id,
+        proxy_authorization,
+        False,
+    )
 
 
 HOP = b"appgateway-0123abcd"
@@ -331,7 +352,7 @@ HOP = b"appgateway-0123abcd"
     ],
 )
 def test_caller_fields_tells_a_request_that_came_back(caller: Headers, looped: bool) -> None:
-    fields, _, _, seen = caller_fields(caller, HOP)
+    fields, _, _, _, seen = caller_fields(caller, HOP)
     assert seen is looped
     assert fields == outbound_headers(caller)  # Via travels on either way
 

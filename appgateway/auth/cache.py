@@ -52,16 +52,22 @@ class SingleFlightCache(Generic[K, V]):
     def peek(self, key: K) -> V | None:
         """The fresh cached value (counted as a hit), or None without counting: the caller
         then does a `lookup`, which counts the miss."""
+        entry = self.peek_entry(key)
+        return None if entry is None else entry[0]
+
+    def peek_entry(self, key: K) -> tuple[V, float | None] | None:
+        """`peek`, with the value's reuse-until time: for a caller that keeps the value
+        elsewhere too and must not keep it longer."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        value, until = entry
+        until = entry[1]
         if until is not None and self._clock() >= until:
             return None
         if self._max_entries is not None:
             self._touch(key, entry)
         self._report(True)
-        return value
+        return entry
 
     async def lookup(self, key: K, fetch: Fetch[V]) -> tuple[V, bool]:
         """Like `get`, and also tell whether this call waited for a fetch (a miss)."""

@@ -26,7 +26,7 @@ class CallerAuth(Protocol):
         CallerUnauthenticated (407), CallerForbidden (403) or CallerAuthUnavailable (503).
 
         `proxy_authorization` is the raw value of the caller's first Proxy-Authorization
-        field (None when absent); `memo`, the caller's connection (bearer.remembered_key).
+        field (None when absent); `memo`, the caller's connection (bearer.Remembered).
         Every outcome is counted in `appgateway_caller_decisions_total`; the identity never
         contains the token.
         """

@@ -2,7 +2,8 @@
 
 The token is a secret: no message here quotes it, or any part of the field it came in, and
 caches hold a keyed digest of it instead (so a memory dump or a debug repr of a cache shows
-nothing a caller could replay).
+nothing a caller could replay). Only a caller's own connection keeps the field it sent, to
+compare its next request's with (`Remembered`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import math
 import string
-from collections.abc import Callable
 from typing import Final, Protocol
 
 from appgateway.errors import CallerUnauthenticated
@@ -100,33 +100,68 @@ class TokenKeys:
         return outer.digest()
 
 
-class Remembers(Protocol):
-    """A caller connection: keeps the `hash()` and cache key of the last token it sent."""
+class Remembered:
+    """An allowed decision, kept by the caller's connection for its next request.
 
-    token_memo: tuple[int, bytes] | None
+    A keep-alive caller sends the same field on request after request. Matching it against
+    the last allowed one is a comparison; deciding again from the caches means deriving the
+    token's key (SHA-256 over about 1 KiB) or hashing it, two cache lookups and two LRU
+    moves: about a seventh of a whole request's instructions.
 
-
-def remembered_key(
-    holder: Remembers | None, token: bytes, derive: Callable[[bytes], bytes]
-) -> bytes:
-    """`derive(token)`, unless `holder` presented the same token last time.
-
-    A keep-alive caller sends one token on request after request, and deriving its key (a
-    SHA-256 over about 1 KiB) was most of what a cached decision cost. The connection keeps
-    the token's `hash()` (SipHash under the process's random seed, over the whole token),
-    never the token. Two tokens with one hash are a 2**-64 chance that nobody can aim at
-    without knowing both tokens; and even then the other token was sent on this very
-    connection.
+    It holds the field as the caller sent it, the one place the token itself is kept after
+    its request: the connection's buffer held the same bytes, the memo goes with the
+    connection (or the caller's next token), and it is only ever compared, never logged
+    and never a cache key.
     """
+
+    __slots__ = ("application", "field", "name", "source", "until")
+
+    def __init__(
+        self, field: bytes, application: str, name: str, source: object, until: float
+    ) -> None:
+        self.field = field
+        self.application = application
+        self.name = name
+        self.source = source
+        """What decided (the authorizer, or the token table it read): another forgets it."""
+        self.until = until
+        """On the authorizer's clock: never later than what the decision came from."""
+
+
+class Remembers(Protocol):
+    """A caller connection."""
+
+    caller_memo: Remembered | None
+
+
+def recall(
+    holder: Remembers | None, field: bytes | None, application: str, source: object
+) -> Remembered | None:
+    """What `holder` remembers when it sends the very same field for the same Application
+    and `source` still decides; the caller checks `until`."""
     if holder is None:
-        return derive(token)
-    hashed = hash(token)
-    memo = holder.token_memo
-    if memo is not None and memo[0] == hashed:
-        return memo[1]
-    key = derive(token)
-    holder.token_memo = (hashed, key)
-    return key
+        return None
+    memo = holder.caller_memo
+    if (
+        memo is None
+        or memo.source is not source
+        or memo.field != field
+        or memo.application != application
+    ):
+        return None
+    return memo
+
+
+def remember(
+    holder: Remembers | None,
+    field: bytes | None,
+    application: str,
+    name: str,
+    source: object,
+    until: float,
+) -> None:
+    if holder is not None and field is not None:
+        holder.caller_memo = Remembered(field, application, name, source, until)
 
 
 def jwt_expiry(token: bytes) -> float | None:

@@ -4,6 +4,8 @@ Per request: who is the token (TokenReview, for `--caller-audience`), and may th
 `use` the Application (SubjectAccessReview). Both answers are cached, so a steady caller costs
 two dictionary lookups and no API call: a token by an HMAC of it, until the token expires and
 at most `--caller-cache-ttl`; an access decision by (identity, Application) for the same TTL.
+A keep-alive caller's connection remembers its last allowed decision until the earlier of
+the two expiries (bearer.Remembered), so its next requests cost a comparison.
 Noes are kept 10 s. Concurrent misses of one key share one review (single flight), and both
 caches are bounded. When the API server cannot answer, cached decisions keep working and
 everything else fails closed (503): credentials are never handed out unchecked.
@@ -65,11 +67,13 @@ class KubernetesCallerAuth:
         self._timeout = timeout
         self._token_key = bearer.TokenKeys(secrets.token_bytes(32))
         self._outcomes = Outcomes(metrics)
+        self._count_token = metrics.cache_counter("caller_token")
+        self._count_access = metrics.cache_counter("caller_access")
         self._tokens: SingleFlightCache[bytes, Caller | Rejected] = SingleFlightCache(
-            clock, metrics.cache_counter("caller_token"), max_entries=max_entries
+            clock, self._count_token, max_entries=max_entries
         )
         self._access: SingleFlightCache[AccessKey, bool] = SingleFlightCache(
-            clock, metrics.cache_counter("caller_access"), max_entries=max_entries
+            clock, self._count_access, max_entries=max_entries
         )
         self._logged_at = -1e18
         self._unlogged = 0
@@ -109,23 +113,33 @@ class KubernetesCallerAuth:
     ) -> str | Pending[str]:
         """The caller's identity name when it may use `application`'s credentials; pending
         only when a review is needed (both answers cached: at once)."""
+        recalled = bearer.recall(memo, proxy_authorization, application, self)
+        if recalled is not None and self._clock() < recalled.until:
+            self._count_token(True)  # the two answers it was made of, still cached
+            self._count_access(True)
+            self._outcomes.allowed.inc()
+            return recalled.name
         try:
             token = bearer.presented_token(proxy_authorization)
-            key = bearer.remembered_key(memo, token, self._token_key)
-            reviewed = self._tokens.peek(key)
+            key = self._token_key(token)
+            reviewed = self._tokens.peek_entry(key)
             if reviewed is None:
                 bearer.check_token(token)
                 return Pending(self._authorize_after_review(token, key, None, application))
-            if isinstance(reviewed, Caller):
-                allowed = self._access.peek((reviewed.key, application))
-                if allowed is None:
-                    return Pending(self._authorize_after_review(token, key, reviewed, application))
-            else:
-                allowed = False
-            return self._decided(reviewed, allowed, application)
+            caller, until = reviewed
+            if isinstance(caller, Rejected):
+                raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
+            access = self._access.peek_entry((caller.key, application))
+            if access is None:
+                return Pending(self._authorize_after_review(token, key, caller, application))
+            name = self._decided(caller, access[0], application)
         except GatewayError as error:
             self._outcomes.failed(error)
             raise
+        if until is not None and access[1] is not None:  # the caches keep nothing forever
+            until = min(until, access[1])
+            bearer.remember(memo, proxy_authorization, application, name, self, until)
+        return name
 
     async def _authorize_after_review(
         self, token: bytes, key: bytes, reviewed: Caller | Rejected | None, application: str

@@ -1,10 +1,12 @@
 """`--caller-auth tokens`: a YAML file of token digests, for laptops and folder registries.
 
-The file is the truth, so nothing is cached: every request hashes its token and looks the
-digest up in the table of the last valid file. The file is watched like the registry folder
-(inotify on its folder, debounced, a re-read every second in case events were lost or the
-file is a symlink into another folder), so a change applies within about 2 s. A file that
-turns unreadable or invalid keeps the last valid table serving, and the log says why once.
+The file is the truth, so nothing is cached: a request hashes its token and looks the digest
+up in the table of the last valid file (unless its connection's last request sent the same
+token for the same Application while the same table was in force). The file is watched like
+the registry folder (inotify on its folder, debounced, a re-read every second in case events
+were lost or the file is a symlink into another folder), so a change applies within about
+2 s. A file that turns unreadable or invalid keeps the last valid table serving, and the log
+says why once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Final
 
@@ -28,11 +31,6 @@ log = logging.getLogger("appgateway.caller")
 
 RESCAN_MS: Final = 1000
 """Re-read at least this often: a tiny file, and changes behind a symlink send no event."""
-
-
-def _checked_digest(token: bytes) -> bytes:
-    bearer.check_token(token)
-    return hashlib.sha256(token).digest()
 
 
 class TokensCallerAuth:
@@ -74,10 +72,17 @@ class TokensCallerAuth:
         application: str,
         memo: bearer.Remembers | None = None,
     ) -> str | Pending[str]:
-        """Never pending: the table is in memory."""
+        """Never pending: the table is in memory. A connection's last allowed decision holds
+        while the table it was read from is the current one."""
+        table = self.table
+        recalled = bearer.recall(memo, proxy_authorization, application, table)
+        if recalled is not None:
+            self._outcomes.allowed.inc()
+            return recalled.name
         try:
             token = bearer.presented_token(proxy_authorization)
-            entry = self.table.find(bearer.remembered_key(memo, token, _checked_digest))
+            bearer.check_token(token)
+            entry = table.find(hashlib.sha256(token).digest())
             if entry is None:
                 raise CallerUnauthenticated(bearer.NOT_ACCEPTED)
             if not entry.allows(application):
@@ -86,6 +91,7 @@ class TokensCallerAuth:
             self._outcomes.failed(error)
             raise
         self._outcomes.allowed.inc()
+        bearer.remember(memo, proxy_authorization, application, entry.name, table, math.inf)
         return entry.name
 
     def _read(self) -> tuple[bytes, TokenTable | str]:

@@ -1,5 +1,6 @@
-"""Helpers for the caller authorization tests: the log lines as JSON text. (The API server,
-its fault-injecting proxy and per-test objects are tests/conftest.py's.)"""
+"""Helpers for the caller authorization tests: the log lines as JSON text, a stand-in
+connection. (The API server, its fault-injecting proxy and per-test objects are
+tests/conftest.py's.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 import pytest
 
+from appgateway.caller.bearer import Remembered
 from appgateway.logs import JsonFormatter
 
 
@@ -18,3 +20,10 @@ def log_text(caplog: pytest.LogCaptureFixture) -> str:
 
 def lines(caplog: pytest.LogCaptureFixture, msg: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == msg]
+
+
+class Connection:
+    """Stands in for a caller's connection: where it keeps its last allowed decision."""
+
+    def __init__(self) -> None:
+        self.caller_memo: Remembered | None = None

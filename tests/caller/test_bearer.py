@@ -1,4 +1,5 @@
-"""Proxy-Authorization parsing, token keys and the JWT expiry, as tables."""
+"""Proxy-Authorization parsing, token keys, a connection's memo and the JWT expiry, as
+tables."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from appgateway.caller.bearer import (
     check_token,
     jwt_expiry,
     presented_token,
-    remembered_key,
+    recall,
+    remember,
 )
 from appgateway.errors import CallerUnauthenticated
+from tests.caller.conftest import Connection
 
 JWT = b"eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln"
 
@@ -119,30 +122,46 @@ def test_token_keys_are_hmac_sha256(key: bytes, token: bytes) -> None:
     assert TokenKeys(key)(token) == hmac.digest(key, token, "sha256")
 
 
-class Connection:
-    def __init__(self) -> None:
-        self.token_memo: tuple[int, bytes] | None = None
+SOURCE, OTHER_SOURCE = object(), object()
+FIELD = b"Bearer " + b"t0ken-one" * 100
 
 
-def test_a_connection_remembers_the_key_of_its_last_token_never_the_token() -> None:
-    derived: list[bytes] = []
-
-    def derive(token: bytes) -> bytes:
-        derived.append(token)
-        return b"key of " + token
-
+@pytest.mark.parametrize(
+    ("field", "application", "source", "recalled"),
+    [
+        (FIELD, "erp", SOURCE, True),
+        (bytes(FIELD), "erp", SOURCE, True),  # an equal field, as each request parses anew
+        (FIELD[:-1], "erp", SOURCE, False),  # a prefix of the token
+        (FIELD + b"x", "erp", SOURCE, False),
+        (FIELD.replace(b"Bearer", b"bearer"), "erp", SOURCE, False),  # decided as itself
+        (None, "erp", SOURCE, False),
+        (FIELD, "crm", SOURCE, False),  # another Application
+        (FIELD, "erp", OTHER_SOURCE, False),  # decided by what is no longer in force
+    ],
+)
+def test_a_connection_recalls_only_the_same_field_application_and_source(
+    field: bytes | None, application: str, source: object, recalled: bool
+) -> None:
     conn = Connection()
-    one, two = b"t0ken-one" * 100, b"t0ken-two" * 100
-    assert remembered_key(conn, one, derive) == b"key of " + one
-    assert remembered_key(conn, bytes(one), derive) == b"key of " + one  # an equal token
-    assert derived == [one]
-    assert conn.token_memo == (hash(one), b"key of " + one)  # a hash, not the token
-    assert remembered_key(conn, two, derive) == b"key of " + two  # another token: derived
-    assert remembered_key(conn, one, derive) == b"key of " + one  # only the last is kept
-    assert derived == [one, two, one]
-    assert remembered_key(Connection(), one, derive) == b"key of " + one  # per connection
-    assert remembered_key(None, one, derive) == b"key of " + one  # no connection: derived
-    assert derived == [one, two, one, one, one]
+    remember(conn, FIELD, "erp", "alice", SOURCE, 12.5)
+    memo = recall(conn, field, application, source)
+    assert (memo is not None) == recalled
+    if memo is not None:
+        assert (memo.name, memo.until) == ("alice", 12.5)
+
+
+def test_only_the_last_decision_of_a_connection_is_kept() -> None:
+    conn, other = Connection(), Connection()
+    remember(conn, FIELD, "erp", "alice", SOURCE, 1.0)
+    remember(conn, b"Bearer two", "erp", "bob", SOURCE, 1.0)
+    assert recall(conn, FIELD, "erp", SOURCE) is None
+    assert recall(other, b"Bearer two", "erp", SOURCE) is None  # per connection
+    memo = recall(conn, b"Bearer two", "erp", SOURCE)
+    assert memo is not None and memo.name == "bob"
+    remember(None, FIELD, "erp", "alice", SOURCE, 1.0)  # no connection: nothing to keep
+    remember(other, None, "erp", "alice", SOURCE, 1.0)  # no field: nothing to compare
+    assert other.caller_memo is None
+    assert recall(None, FIELD, "erp", SOURCE) is None
 
 
 def test_token_keys_are_keyed_and_never_the_token() -> None:

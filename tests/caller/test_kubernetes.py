@@ -26,7 +26,7 @@ from appgateway.errors import CallerAuthUnavailable, CallerForbidden, CallerUnau
 from appgateway.flow import Pending
 from appgateway.metrics import Metrics
 from appgateway.registry.kubeclient import KubeClient, load_auth
-from tests.caller.conftest import lines, log_text
+from tests.caller.conftest import Connection, lines, log_text
 from tests.kube import (
     DEPLOY,
     NAMESPACE,
@@ -288,21 +288,23 @@ async def test_a_deleted_service_account_stops_access_within_the_ttl(
     gateway: Start, kube: KubeCluster, objects: Objects
 ) -> None:
     """kube-apiserver itself caches accepted tokens for 10 s (TokenSuccessCacheTTL, not a
-    flag), so the gateway's TTL counts from when the API server stops accepting the token."""
+    flag), so the gateway's TTL counts from when the API server stops accepting the token.
+    All on one connection: the decision it remembers must end with the cached ones."""
     ttl = 1.0
     auth = await gateway(ttl=ttl)
     caller = Caller(kube, objects)
     erp = unique("erp")
     await caller.grant(erp)
     token = caller.token("appgateway")
-    assert await flow.settle(auth.authorize(token, erp)) == caller.user
+    conn = Connection()
+    assert await flow.settle(auth.authorize(token, erp, conn)) == caller.user
     objects.delete(caller.account)
     deleted = time.monotonic()
     await settle(lambda: not accepted(kube, token), within=20)
     rejected = time.monotonic()
     while True:
         try:
-            await flow.settle(auth.authorize(token, erp))
+            await flow.settle(auth.authorize(token, erp, conn))
         except CallerUnauthenticated:
             break
         assert time.monotonic() - rejected < ttl + 1.0, "still allowed after the TTL"
@@ -314,8 +316,9 @@ async def test_a_deleted_service_account_stops_access_within_the_ttl(
     )
 
 
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "one-connection"])
 async def test_a_deleted_binding_stops_access_within_the_ttl(
-    gateway: Start, kube: KubeCluster, objects: Objects
+    gateway: Start, kube: KubeCluster, objects: Objects, keep_alive: bool
 ) -> None:
     ttl = 1.0
     auth = await gateway(ttl=ttl)
@@ -323,12 +326,13 @@ async def test_a_deleted_binding_stops_access_within_the_ttl(
     erp = unique("erp")
     binding = await caller.grant(erp)
     token = caller.token("appgateway")
-    assert await flow.settle(auth.authorize(token, erp)) == caller.user
+    conn = Connection() if keep_alive else None
+    assert await flow.settle(auth.authorize(token, erp, conn)) == caller.user
     objects.delete(binding)
     deleted = time.monotonic()
     while True:
         try:
-            await flow.settle(auth.authorize(token, erp))
+            await flow.settle(auth.authorize(token, erp, conn))
         except CallerForbidden:
             break
         assert time.monotonic() - deleted < ttl + 2.0, "still allowed after the TTL"
@@ -337,8 +341,9 @@ async def test_a_deleted_binding_stops_access_within_the_ttl(
     print(f"\nbinding deleted -> 403 after {took * 1000:.0f} ms (TTL {ttl:g} s)")
 
 
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "one-connection"])
 async def test_a_decision_is_not_reused_past_the_token_expiry(
-    gateway: Start, kube: KubeCluster, objects: Objects, proxy: FaultProxy
+    gateway: Start, kube: KubeCluster, objects: Objects, proxy: FaultProxy, keep_alive: bool
 ) -> None:
     """The TokenRequest API makes tokens of 10 minutes at least: the gateway's wall clock is
     set ahead instead, so that the token's `exp` comes 1.5 s after the review."""
@@ -351,10 +356,12 @@ async def test_a_decision_is_not_reused_past_the_token_expiry(
     expiry = jwt_expiry(token.split(b" ")[1])
     assert expiry is not None
     ahead[0] = expiry - time.time() - 1.5
-    assert await flow.settle(auth.authorize(token, erp)) == caller.user
-    assert auth.authorize(token, erp) == caller.user  # cached for now
+    conn = Connection() if keep_alive else None
+    assert await flow.settle(auth.authorize(token, erp, conn)) == caller.user
+    assert auth.authorize(token, erp, conn) == caller.user  # cached for now
+    assert auth.authorize(token, erp, conn) == caller.user  # (one-connection: remembered)
     await asyncio.sleep(1.6)
-    started = auth.authorize(token, erp)
+    started = auth.authorize(token, erp, conn)
     assert isinstance(started, Pending)  # expired: reviewed again
     assert await started.work == caller.user
     assert reviews(proxy, TOKEN_REVIEWS) == 2
@@ -380,8 +387,9 @@ async def test_an_unreachable_api_server_keeps_cached_decisions_and_fails_closed
         await flow.settle(auth.authorize(token, crm))
     await proxy.down()
     # Cached decisions keep working, without a task...
+    conn = Connection()
     for _ in range(3):
-        assert auth.authorize(token, erp) == known.user
+        assert auth.authorize(token, erp, conn) == known.user
         with pytest.raises(CallerForbidden):
             auth.authorize(token, crm)
     # ...and whatever needs the API server is a 503: an unknown token, an unasked Application.
@@ -426,6 +434,12 @@ async def test_concurrent_first_calls_share_one_review_each(
     text = metrics.render().decode()
     assert 'appgateway_cache_lookups_total{cache="caller_token",result="hit"} 1.0' in text
     assert 'appgateway_cache_lookups_total{cache="caller_access",result="hit"} 1.0' in text
+    conn = Connection()  # the first call remembers, the next two recall: still hits of both
+    assert [auth.authorize(token, erp, conn) for _ in range(3)] == [caller.user] * 3
+    text = metrics.render().decode()
+    assert 'appgateway_cache_lookups_total{cache="caller_token",result="hit"} 4.0' in text
+    assert 'appgateway_cache_lookups_total{cache="caller_access",result="hit"} 4.0' in text
+    assert counts(metrics)["allowed"] == 504
 
 
 async def test_the_cold_path_takes_two_reviews(

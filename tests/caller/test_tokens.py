@@ -17,7 +17,7 @@ from appgateway.caller.tokens import TokensCallerAuth
 from appgateway.config import ConfigurationError
 from appgateway.errors import CallerForbidden, CallerUnauthenticated
 from appgateway.metrics import Metrics
-from tests.caller.conftest import lines, log_text
+from tests.caller.conftest import Connection, lines, log_text
 
 ALICE = "alice-s3cret-token"
 BOB = "bob-s3cret-token"
@@ -36,9 +36,11 @@ def bearer(token: str) -> bytes:
     return b"Bearer " + token.encode()
 
 
-def decide(auth: TokensCallerAuth, token: str | None, app: str) -> str:
+def decide(
+    auth: TokensCallerAuth, token: str | None, app: str, conn: Connection | None = None
+) -> str:
     """One decision, which must finish without yielding (tokens mode never waits)."""
-    result = auth.authorize(None if token is None else bearer(token), app)
+    result = auth.authorize(None if token is None else bearer(token), app, conn)
     assert isinstance(result, str)
     return result
 
@@ -71,9 +73,9 @@ async def wait_for(check: Callable[[], bool], within: float = 5.0) -> float:
     return time.monotonic() - started
 
 
-def allowed(auth: TokensCallerAuth, token: str, app: str) -> bool:
+def allowed(auth: TokensCallerAuth, token: str, app: str, conn: Connection | None = None) -> bool:
     try:
-        decide(auth, token, app)
+        decide(auth, token, app, conn)
     except (CallerUnauthenticated, CallerForbidden):
         return False
     return True
@@ -122,6 +124,31 @@ async def test_changes_apply_within_two_seconds(started: Start, tmp_path: Path) 
     assert allowed(auth, BOB, "hr")
     print(f"\ntokens file change -> applied: {', '.join(f'{t * 1000:.0f} ms' for t in took)}")
     assert max(took) < 2.0
+
+
+async def test_a_connection_keeps_its_decision_only_while_the_file_is_unchanged(
+    started: Start, tmp_path: Path
+) -> None:
+    path = tmp_path / "callers.yaml"
+    path.write_text(entry("alice", ALICE, "[erp]") + entry("bob", BOB, "[erp]"))
+    metrics = Metrics()
+    auth = await started(path, metrics)
+    conn = Connection()
+    assert [decide(auth, ALICE, "erp", conn) for _ in range(3)] == ["alice"] * 3
+    memo = conn.caller_memo
+    assert memo is not None and memo.source is auth.table
+    assert not allowed(auth, ALICE, "crm", conn)  # decided as themselves: 403, 407
+    assert not allowed(auth, BOB + "x", "erp", conn)
+    assert conn.caller_memo is memo  # only allowed decisions are kept
+    path.write_text(entry("alice", ALICE, "[erp]") + entry("bob", BOB, "[erp]"))  # the same
+    await asyncio.sleep(1.2)  # one re-read at least
+    assert decide(auth, ALICE, "erp", conn) == "alice" and conn.caller_memo is memo
+    counts = {r: metrics.caller_decisions(r).value for r in ("allowed", "denied")}
+    assert counts == {"allowed": 4, "denied": 1}  # recalled decisions are counted too
+    path.write_text(entry("bob", BOB, "[erp]"))  # alice withdrawn
+    took = await wait_for(lambda: not allowed(auth, ALICE, "erp", conn))
+    assert took < 2.0
+    assert decide(auth, BOB, "erp", conn) == "bob"
 
 
 async def test_a_broken_file_keeps_the_last_valid_state(

@@ -220,9 +220,9 @@ def test_kubernetes_mode_through_the_gateway(
 def test_one_keep_alive_connection_with_changing_tokens(
     gateway_factory: GatewayFactory, upstream: MockUpstream, tmp_path: Path
 ) -> None:
-    """A connection remembers the key of its last token (caller/bearer.remembered_key):
-    another token on the same connection is judged as itself, and a token withdrawn from
-    the file stops working on a connection that used it a moment ago."""
+    """A connection remembers its last allowed decision (caller/bearer.Remembered): another
+    token or Application on the same connection is judged as itself, and a token withdrawn
+    from the file stops working on a connection that used it a moment ago."""
     tokens = tmp_path / "callers.yaml"
     gateway = tokens_gateway(gateway_factory, upstream, tokens)
     conn = http.client.HTTPConnection("127.0.0.1", gateway.proxy_port, timeout=10)
@@ -241,6 +241,8 @@ def test_one_keep_alive_connection_with_changing_tokens(
         ("/crm/leads/4", "guess", 407),
         ("/crm/leads/5", "t-orders", 403),
         ("/erp/orders/6", "t-orders", 200),
+        ("/erp/orders/6", "t-orders", 200),  # recalled
+        ("/crm/leads/6", "t-orders", 403),
     ]
     assert [status(path, token) for path, token, _ in sequence] == [s for _, _, s in sequence]
     assert access_line(gateway, "/crm/leads/3", 200)["caller"] == "ops"
