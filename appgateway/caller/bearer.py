@@ -2,8 +2,7 @@
 
 The token is a secret: no message here quotes it, or any part of the field it came in, and
 caches hold a keyed digest of it instead (so a memory dump or a debug repr of a cache shows
-nothing a caller could replay). Only a caller's own connection keeps the field it sent, to
-compare its next request's with (`Remembered`).
+nothing a caller could replay).
 """
 
 from __future__ import annotations
@@ -103,23 +102,24 @@ class TokenKeys:
 class Remembered:
     """An allowed decision, kept by the caller's connection for its next request.
 
-    A keep-alive caller sends the same field on request after request. Matching it against
-    the last allowed one is a comparison; deciding again from the caches means deriving the
-    token's key (SHA-256 over about 1 KiB) or hashing it, two cache lookups and two LRU
-    moves: about a seventh of a whole request's instructions.
+    A keep-alive caller sends the same field on request after request. Matching the field's
+    `hash()` against the last allowed one's is cheap; deciding again from the caches means
+    deriving the token's key (SHA-256 over about 1 KiB), two cache lookups and two LRU moves:
+    together about a seventh of a whole request's instructions.
 
-    It holds the field as the caller sent it, the one place the token itself is kept after
-    its request: the connection's buffer held the same bytes, the memo goes with the
-    connection (or the caller's next token), and it is only ever compared, never logged
-    and never a cache key.
+    It keeps the field's `hash()` (SipHash under the process's random seed, over every byte,
+    in a time that does not depend on where two fields differ), never the field: comparing
+    the token itself would tell, by its time, how much of another caller's token a guess
+    got right on a connection that a proxy shares. Two fields with one hash are a 2**-64
+    chance that nobody can aim at without knowing the token already.
     """
 
-    __slots__ = ("application", "field", "name", "source", "until")
+    __slots__ = ("application", "hashed", "name", "source", "until")
 
     def __init__(
-        self, field: bytes, application: str, name: str, source: object, until: float
+        self, hashed: int, application: str, name: str, source: object, until: float
     ) -> None:
-        self.field = field
+        self.hashed = hashed
         self.application = application
         self.name = name
         self.source = source
@@ -137,16 +137,16 @@ class Remembers(Protocol):
 def recall(
     holder: Remembers | None, field: bytes | None, application: str, source: object
 ) -> Remembered | None:
-    """What `holder` remembers when it sends the very same field for the same Application
-    and `source` still decides; the caller checks `until`."""
-    if holder is None:
+    """What `holder` remembers when it sends the same field for the same Application and
+    `source` still decides; the caller checks `until`."""
+    if holder is None or field is None:
         return None
     memo = holder.caller_memo
     if (
         memo is None
         or memo.source is not source
-        or memo.field != field
         or memo.application != application
+        or memo.hashed != hash(field)
     ):
         return None
     return memo
@@ -161,7 +161,7 @@ def remember(
     until: float,
 ) -> None:
     if holder is not None and field is not None:
-        holder.caller_memo = Remembered(field, application, name, source, until)
+        holder.caller_memo = Remembered(hash(field), application, name, source, until)
 
 
 def jwt_expiry(token: bytes) -> float | None:

@@ -150,6 +150,16 @@ def test_a_connection_recalls_only_the_same_field_application_and_source(
         assert (memo.name, memo.until) == ("alice", 12.5)
 
 
+def test_a_connection_keeps_a_hash_of_the_field_never_the_field() -> None:
+    conn = Connection()
+    remember(conn, FIELD, "erp", "alice", SOURCE, 1.0)
+    memo = conn.caller_memo
+    assert memo is not None and memo.hashed == hash(FIELD)
+    kept = [getattr(memo, name) for name in dir(memo) if not name.startswith("__")]
+    assert len(kept) >= 5  # (compiled, a native class has no __slots__ to list)
+    assert not any(isinstance(value, bytes | bytearray | memoryview) for value in kept)
+
+
 def test_only_the_last_decision_of_a_connection_is_kept() -> None:
     conn, other = Connection(), Connection()
     remember(conn, FIELD, "erp", "alice", SOURCE, 1.0)
