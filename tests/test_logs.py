@@ -386,3 +386,15 @@ ISSUE = "apps.yaml#1: Application/erp: spec.services: must be a list, not mappin
 )
 def test_report_lines(record: logging.LogRecord, line: str) -> None:
     assert ReportFormatter().format(record) == line
+
+
+def test_caller_names_beyond_what_the_log_remembers_are_quoted_alike() -> None:
+    out = io.StringIO()
+    access = AccessLog(out, setup_logging("info", io.StringIO()))
+    static = access.static_part("proxy", "path", "a", "s", "e")
+    names = [f'caller-{n}"\u00e9' for n in range(5000)] + ['caller-0"\u00e9', "caller-4999"]
+    for name in names:
+        call = Call("proxy", 0.0, "GET", "/")
+        call.caller = name
+        access.request(static, call)
+    assert [json.loads(line)["caller"] for line in out.getvalue().splitlines()] == names

@@ -103,9 +103,8 @@ class Remembered:
     """An allowed decision, kept by the caller's connection for its next request.
 
     A keep-alive caller sends the same field on request after request. Matching the field's
-    `hash()` against the last allowed one's is cheap; deciding again from the caches means
-    deriving the token's key (SHA-256 over about 1 KiB), two cache lookups and two LRU moves:
-    together about a seventh of a whole request's instructions.
+    `hash()` against the last allowed one's costs half of deciding again from the caches
+    (the token's HMAC over about 1 KiB, two cache lookups and two LRU moves).
 
     It keeps the field's `hash()` (SipHash under the process's random seed, over every byte,
     in a time that does not depend on where two fields differ), never the field: comparing

@@ -5,7 +5,7 @@ Per request: who is the token (TokenReview, for `--caller-audience`), and may th
 two dictionary lookups and no API call: a token by an HMAC of it, until the token expires and
 at most `--caller-cache-ttl`; an access decision by (identity, Application) for the same TTL.
 A keep-alive caller's connection remembers its last allowed decision until the earlier of
-the two expiries (bearer.Remembered), so its next requests cost a comparison.
+the two expiries (bearer.Remembered), so its next requests skip both lookups.
 Noes are kept 10 s. Concurrent misses of one key share one review (single flight), and both
 caches are bounded. When the API server cannot answer, cached decisions keep working and
 everything else fails closed (503): credentials are never handed out unchecked.
