@@ -66,3 +66,48 @@ async def watch(
                 await asyncio.wait_for(stop.wait(), timeout=pause / 1000)
             except TimeoutError:
                 await on_changes(set())
+
+
+class Watcher:
+    """`watch` in a task of its own: what an owner (the folder registry, the tokens file)
+    starts once and must stop within 2 s on shutdown."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(
+        self,
+        where: Path,
+        on_changes: Callable[[set[Path]], Awaitable[None]],
+        *,
+        recursive: bool,
+        rescan_ms: int,
+        poll_ms: int,
+    ) -> None:
+        """Returns once the task has set up its watch: a read by the owner after this catches
+        whatever changed before the watch existed."""
+        self.task = asyncio.create_task(
+            watch(
+                where,
+                on_changes,
+                what=self.what,
+                stop=self._stop,
+                recursive=recursive,
+                rescan_ms=rescan_ms,
+                poll_ms=poll_ms,
+            ),
+            name=f"{self.what} watch",
+        )
+        await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self.task = self.task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(task, timeout=2)
+        except TimeoutError:
+            pass  # wait_for has cancelled it

@@ -66,3 +66,16 @@ async def test_a_failed_watch_falls_back_to_polling_then_retries_until_stopped(
     assert calls.seen == [set()]
     stop.set()  # ends the retry pause at once
     await asyncio.wait_for(task, timeout=1)
+
+
+async def test_a_watcher_runs_the_loop_in_its_task_until_stopped(tmp_path: Path) -> None:
+    calls = Calls()
+    await filewatch.Watcher("test").stop()  # never started: nothing to wait for
+    watcher = filewatch.Watcher("test")
+    await watcher.start(tmp_path, calls, recursive=False, rescan_ms=300, poll_ms=100)
+    task = watcher.task
+    assert task is not None and task.get_name() == "test watch" and not task.done()
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    await calls.until(lambda seen: any(tmp_path / "a.yaml" in changes for changes in seen))
+    await watcher.stop()
+    assert task.done() and not task.cancelled() and watcher.task is None

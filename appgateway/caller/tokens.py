@@ -44,8 +44,7 @@ class TokensCallerAuth:
         self._data: bytes | None = None
         self._problem: str | None = None
         self._outcomes = Outcomes(metrics)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = filewatch.Watcher("caller tokens")
 
     async def start(self) -> None:
         """Load the file (ConfigurationError, exit 2, if unusable), then watch it."""
@@ -53,18 +52,17 @@ class TokensCallerAuth:
         if isinstance(result, str):
             raise ConfigurationError(f"--caller-tokens {self.path}: {result}")
         self._install(data, result)
-        self._task = asyncio.create_task(self._watch(), name="caller-tokens-watch")
-        await asyncio.sleep(0)  # let the watcher start, then catch what changed before it
-        await self.reload()
+        await self._watcher.start(
+            self.path.parent,
+            self._changed,
+            recursive=False,
+            rescan_ms=RESCAN_MS,
+            poll_ms=RESCAN_MS,
+        )
+        await self.reload()  # what changed before the watch existed
 
     async def stop(self) -> None:
-        self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(task, timeout=2)
-            except TimeoutError:
-                pass  # wait_for has cancelled it
+        await self._watcher.stop()
 
     def authorize(
         self,
@@ -133,17 +131,6 @@ class TokensCallerAuth:
             log.error(
                 "caller tokens file rejected, keeping the last valid one", extra={"fields": fields}
             )
-
-    async def _watch(self) -> None:
-        await filewatch.watch(
-            self.path.parent,
-            self._changed,
-            what="caller tokens",
-            stop=self._stop,
-            recursive=False,
-            rescan_ms=RESCAN_MS,
-            poll_ms=RESCAN_MS,
-        )
 
     async def _changed(self, changes: set[Path]) -> None:
         """Events on the file, on dot-named entries (a ConfigMap mount swaps its `..data`

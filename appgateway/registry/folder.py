@@ -370,9 +370,8 @@ class FolderRegistry:
             max_file_size=max_file_size,
         )
         self._snapshot = Snapshot()
-        self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # one load at a time: the loader is not thread-safe
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = filewatch.Watcher("registry")
         self._rescan_due = 0.0  # time.monotonic() of the next full rescan
 
     @property
@@ -395,33 +394,19 @@ class FolderRegistry:
             log.warning("registry folder has no manifests", extra={"fields": fields})
         self._apply(snapshot or Snapshot())
         self.ready = True
-        self._task = asyncio.create_task(self._watch(), name="registry-watch")
-        # Let the task create its watcher, then catch what changed before it existed.
-        await asyncio.sleep(0)
-        await self._reload(())
-
-    async def stop(self) -> None:
-        self._stop.set()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(task, timeout=2)
-        except TimeoutError:
-            pass  # wait_for has cancelled it
-
-    async def _watch(self) -> None:
         root = self._loader.root
         recursive = root.is_dir()
-        await filewatch.watch(
+        await self._watcher.start(
             root if recursive else root.parent,  # a file: watch its folder, not below
             self._reload,
-            what="registry",
-            stop=self._stop,
             recursive=recursive,
             rescan_ms=RESCAN_MS,
             poll_ms=POLL_MS,
         )
+        await self._reload(())  # what changed before the watch existed
+
+    async def stop(self) -> None:
+        await self._watcher.stop()
 
     async def _reload(self, changed: Collection[Path]) -> None:
         """Never raises: a failed reload keeps the last snapshot serving.

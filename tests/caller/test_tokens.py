@@ -266,7 +266,7 @@ async def test_stop_ends_the_watch(tmp_path: Path) -> None:
     path.write_text("[]")
     auth = TokensCallerAuth(path, metrics=Metrics())
     await auth.start()
-    task = auth._task
+    task = auth._watcher.task
     assert task is not None and not task.done()
     started = time.monotonic()
     await auth.stop()
