@@ -134,10 +134,10 @@ class Remembers(Protocol):
 
 
 def recall(
-    holder: Remembers | None, field: bytes | None, application: str, source: object
+    holder: Remembers | None, field: bytes | None, application: str, source: object, now: float
 ) -> Remembered | None:
-    """What `holder` remembers when it sends the same field for the same Application and
-    `source` still decides; the caller checks `until`."""
+    """What `holder` remembers when it sends the same field for the same Application, while
+    `source` still decides and before `until` (`now` on the same clock)."""
     if holder is None or field is None:
         return None
     memo = holder.caller_memo
@@ -145,6 +145,7 @@ def recall(
         memo is None
         or memo.source is not source
         or memo.application != application
+        or now >= memo.until
         or memo.hashed != hash(field)
     ):
         return None

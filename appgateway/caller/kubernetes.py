@@ -113,8 +113,8 @@ class KubernetesCallerAuth:
     ) -> str | Pending[str]:
         """The caller's identity name when it may use `application`'s credentials; pending
         only when a review is needed (both answers cached: at once)."""
-        recalled = bearer.recall(memo, proxy_authorization, application, self)
-        if recalled is not None and self._clock() < recalled.until:
+        recalled = bearer.recall(memo, proxy_authorization, application, self, self._clock())
+        if recalled is not None:
             self._count_token(True)  # the two answers it was made of, still cached
             self._count_access(True)
             self._outcomes.allowed.inc()

@@ -73,7 +73,8 @@ class TokensCallerAuth:
         """Never pending: the table is in memory. A connection's last allowed decision holds
         while the table it was read from is the current one."""
         table = self.table
-        recalled = bearer.recall(memo, proxy_authorization, application, table)
+        # A decision lasts as long as its table (`until` is infinite), so no clock is read.
+        recalled = bearer.recall(memo, proxy_authorization, application, table, 0.0)
         if recalled is not None:
             self._outcomes.allowed.inc()
             return recalled.name

@@ -127,24 +127,26 @@ FIELD = b"Bearer " + b"t0ken-one" * 100
 
 
 @pytest.mark.parametrize(
-    ("field", "application", "source", "recalled"),
+    ("field", "application", "source", "now", "recalled"),
     [
-        (FIELD, "erp", SOURCE, True),
-        (bytes(FIELD), "erp", SOURCE, True),  # an equal field, as each request parses anew
-        (FIELD[:-1], "erp", SOURCE, False),  # a prefix of the token
-        (FIELD + b"x", "erp", SOURCE, False),
-        (FIELD.replace(b"Bearer", b"bearer"), "erp", SOURCE, False),  # decided as itself
-        (None, "erp", SOURCE, False),
-        (FIELD, "crm", SOURCE, False),  # another Application
-        (FIELD, "erp", OTHER_SOURCE, False),  # decided by what is no longer in force
+        (FIELD, "erp", SOURCE, 0.0, True),
+        (bytes(FIELD), "erp", SOURCE, 0.0, True),  # an equal field, as each request parses anew
+        (FIELD[:-1], "erp", SOURCE, 0.0, False),  # a prefix of the token
+        (FIELD + b"x", "erp", SOURCE, 0.0, False),
+        (FIELD.replace(b"Bearer", b"bearer"), "erp", SOURCE, 0.0, False),  # decided as itself
+        (None, "erp", SOURCE, 0.0, False),
+        (FIELD, "crm", SOURCE, 0.0, False),  # another Application
+        (FIELD, "erp", OTHER_SOURCE, 0.0, False),  # decided by what is no longer in force
+        (FIELD, "erp", SOURCE, 12.49, True),
+        (FIELD, "erp", SOURCE, 12.5, False),  # from `until` on, decided again
     ],
 )
 def test_a_connection_recalls_only_the_same_field_application_and_source(
-    field: bytes | None, application: str, source: object, recalled: bool
+    field: bytes | None, application: str, source: object, now: float, recalled: bool
 ) -> None:
     conn = Connection()
     remember(conn, FIELD, "erp", "alice", SOURCE, 12.5)
-    memo = recall(conn, field, application, source)
+    memo = recall(conn, field, application, source, now)
     assert (memo is not None) == recalled
     if memo is not None:
         assert (memo.name, memo.until) == ("alice", 12.5)
@@ -164,14 +166,14 @@ def test_only_the_last_decision_of_a_connection_is_kept() -> None:
     conn, other = Connection(), Connection()
     remember(conn, FIELD, "erp", "alice", SOURCE, 1.0)
     remember(conn, b"Bearer two", "erp", "bob", SOURCE, 1.0)
-    assert recall(conn, FIELD, "erp", SOURCE) is None
-    assert recall(other, b"Bearer two", "erp", SOURCE) is None  # per connection
-    memo = recall(conn, b"Bearer two", "erp", SOURCE)
+    assert recall(conn, FIELD, "erp", SOURCE, 0.0) is None
+    assert recall(other, b"Bearer two", "erp", SOURCE, 0.0) is None  # per connection
+    memo = recall(conn, b"Bearer two", "erp", SOURCE, 0.0)
     assert memo is not None and memo.name == "bob"
     remember(None, FIELD, "erp", "alice", SOURCE, 1.0)  # no connection: nothing to keep
     remember(other, None, "erp", "alice", SOURCE, 1.0)  # no field: nothing to compare
     assert other.caller_memo is None
-    assert recall(None, FIELD, "erp", SOURCE) is None
+    assert recall(None, FIELD, "erp", SOURCE, 0.0) is None
 
 
 def test_token_keys_are_keyed_and_never_the_token() -> None:
